@@ -1,0 +1,208 @@
+//! The command line. Every argument carries its documentation; the man page and shell
+//! completions are generated from these definitions.
+
+use crate::exit;
+use crate::problem::Problem;
+use crate::secret::Secret;
+use crate::settings::{Entry, Key, Layer, Origin, RawValue, Source};
+use clap::{Args, Parser, Subcommand};
+use std::io::Read;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gateway-firstboot",
+    version,
+    about = "First-boot provisioning agent of the print-management gateway appliance",
+    long_about = "First-boot provisioning agent of the print-management gateway appliance.\n\n\
+        Reads the primary server address, the account domain name and the API key from the \
+        command line, the kernel command line, systemd credentials, seed files or the GWSEED \
+        stick, checks them, and registers this server with the primary.",
+    after_long_help = exit::HELP,
+    max_term_width = 80
+)]
+pub struct Cli {
+    /// Resolve every path the agent reads or writes under DIR (for tests and image builds)
+    #[arg(long, global = true, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+
+    /// Log more (repeat for more); GATEWAY_FIRSTBOOT_LOG=debug does the same
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the effective settings and where each one came from
+    ShowConfig(ShowConfigArgs),
+    /// Check the settings offline and report every problem at once
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ShowConfigArgs {
+    /// Print JSON: {"SETTING": {"value": ..., "origin": ...}, ...}
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+/// Settings given as flags; they override every other source.
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Settings (override every other source)")]
+pub struct SettingsArgs {
+    /// Primary server: host, host:port, IPv4, [IPv6]:port or https:// URL
+    #[arg(long, value_name = "ADDRESS")]
+    pub primary: Option<String>,
+
+    /// DNS name of the account this server attaches to
+    #[arg(long, value_name = "DOMAIN")]
+    pub account: Option<String>,
+
+    /// Read the API key from FILE ("-" for standard input); blank means the default key
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// This server's host name or FQDN
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+
+    /// DNS self-check policy: warn, require or off
+    #[arg(long, value_name = "POLICY")]
+    pub dns_check: Option<String>,
+
+    /// DNS server for the self-check (repeat for more)
+    #[arg(long = "nameserver", value_name = "IP[:PORT]")]
+    pub nameservers: Vec<String>,
+
+    /// CA certificate of the primary: a PEM file
+    #[arg(long, value_name = "PEM-FILE")]
+    pub primary_ca: Option<String>,
+
+    /// SHA-256 fingerprint pinning the primary's certificate or CA
+    #[arg(long, value_name = "HEX")]
+    pub primary_ca_sha256: Option<String>,
+
+    /// Time allowed for one connection attempt (30s, 2m)
+    #[arg(long, value_name = "DURATION")]
+    pub connect_timeout: Option<String>,
+
+    /// Time allowed for one request (30s, 2m)
+    #[arg(long, value_name = "DURATION")]
+    pub request_timeout: Option<String>,
+
+    /// How long to retry transient failures (30m, 2h, infinity)
+    #[arg(long, value_name = "DURATION")]
+    pub deadline: Option<String>,
+
+    /// Allow a plain http:// primary (testing only)
+    #[arg(long)]
+    pub insecure_http: bool,
+}
+
+impl SettingsArgs {
+    /// The flags as the highest-precedence layer, and any problem reading the key file.
+    pub fn to_layer(&self) -> (Layer, Vec<Problem>) {
+        let mut layer = Layer::new(Source::Flag);
+        let mut problems = Vec::new();
+        let mut push = |key: Key, value: RawValue| {
+            layer.entries.push(Entry {
+                key,
+                value,
+                origin: Origin::new(Source::Flag),
+            })
+        };
+        let texts = [
+            (Key::Primary, &self.primary),
+            (Key::Account, &self.account),
+            (Key::Hostname, &self.hostname),
+            (Key::DnsCheck, &self.dns_check),
+            (Key::PrimaryCa, &self.primary_ca),
+            (Key::PrimaryCaSha256, &self.primary_ca_sha256),
+            (Key::ConnectTimeout, &self.connect_timeout),
+            (Key::RequestTimeout, &self.request_timeout),
+            (Key::Deadline, &self.deadline),
+        ];
+        for (key, value) in texts {
+            if let Some(v) = value {
+                push(key, RawValue::Text(v.clone()));
+            }
+        }
+        if !self.nameservers.is_empty() {
+            push(Key::Nameservers, RawValue::List(self.nameservers.clone()));
+        }
+        if self.insecure_http {
+            push(Key::InsecureHttp, RawValue::Bool(true));
+        }
+        if let Some(path) = &self.api_key_file {
+            match read_key_file(path) {
+                Ok(key) => push(Key::ApiKey, RawValue::Secret(key)),
+                Err(e) => problems.push(
+                    Problem::error(
+                        "api-key-file-unreadable",
+                        "--api-key-file flag",
+                        format!("reading {}: {e}", path.display()),
+                    )
+                    .fix("give a readable file holding only the key, or - to read it from standard input"),
+                ),
+            }
+        }
+        (layer, problems)
+    }
+}
+
+fn read_key_file(path: &std::path::Path) -> std::io::Result<Secret> {
+    let mut text = String::new();
+    if path.as_os_str() == "-" {
+        std::io::stdin()
+            .lock()
+            .take(4096)
+            .read_to_string(&mut text)?;
+    } else {
+        std::fs::File::open(path)?
+            .take(4096)
+            .read_to_string(&mut text)?;
+    }
+    Ok(Secret::new(text.trim()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_fits_80_columns() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut pages = vec![cmd.render_long_help().to_string()];
+        for sub in cmd.get_subcommands_mut() {
+            pages.push(sub.render_long_help().to_string());
+        }
+        for page in pages {
+            for line in page.lines() {
+                assert!(line.chars().count() <= 80, "too wide: {line:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Gathers settings from every source, highest precedence first:
+//! flags > kernel command line > credentials (`gateway.<key>`, then `gateway.seed`)
+//! > `/etc/gateway/seed.toml` > `/boot/gateway-seed.toml` > `seed.toml` on `GWSEED`
+//! > vendor defaults (`/usr/lib/gateway-firstboot/defaults.toml`) > built-in defaults.
+
+use super::{
+    BOOT_SEED, ETC_SEED, Entry, GWSEED_DEVICE, GWSEED_FILE, Key, Layer, PROC_CMDLINE, RawValue,
+    Source, VENDOR_DEFAULTS, cmdline, credentials, gwseed, seed,
+};
+use crate::problem::Problem;
+use crate::root::Root;
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// What the caller supplies besides the files: the agent's own flags and the environment.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    /// Values from the agent's command-line flags.
+    pub flags: Option<Layer>,
+    /// Problems met while reading flags (an unreadable `--api-key-file`).
+    pub flag_problems: Vec<Problem>,
+    /// `$CREDENTIALS_DIRECTORY`, an appliance path (resolved under the root).
+    pub credentials_dir: Option<PathBuf>,
+}
+
+/// Every source's values, in precedence order, and the problems met reading them.
+#[derive(Debug)]
+pub struct Collected {
+    pub layers: Vec<Layer>,
+    pub problems: Vec<Problem>,
+}
+
+impl Collected {
+    /// The value that wins for `key`. A blank API key means "the default restricted key", so
+    /// it gives way to the vendor default when there is one.
+    pub fn effective(&self, key: Key) -> Option<&Entry> {
+        let winner = self.layers.iter().find_map(|l| l.get(key))?;
+        if matches!(&winner.value, RawValue::Secret(s) if s.is_blank()) {
+            let default = self
+                .layers
+                .iter()
+                .filter(|l| matches!(l.source, Source::Default(_)))
+                .find_map(|l| l.get(key))
+                .filter(|e| !matches!(&e.value, RawValue::Secret(s) if s.is_blank()));
+            return default.or(Some(winner));
+        }
+        Some(winner)
+    }
+
+    /// True when some source other than the vendor defaults supplied anything: without that
+    /// there is nothing to provision from yet.
+    pub fn has_seed(&self) -> bool {
+        self.layers.iter().any(|l| {
+            !matches!(l.source, Source::Default(_) | Source::BuiltIn) && !l.entries.is_empty()
+        })
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.problems.iter().any(Problem::is_error)
+    }
+}
+
+/// Reads every source under `root`.
+pub fn collect(root: &Root, inputs: Inputs) -> Collected {
+    let mut layers = Vec::new();
+    let mut problems = inputs.flag_problems;
+    if let Some(flags) = inputs.flags {
+        layers.push(flags);
+    }
+
+    match std::fs::read(root.path(PROC_CMDLINE)) {
+        Ok(bytes) => {
+            let (layer, mut found) = cmdline::parse(&bytes);
+            problems.append(&mut found);
+            layers.push(layer);
+        }
+        // Only a test tree or a chroot lacks /proc/cmdline; that is no problem.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            log::debug!("no {PROC_CMDLINE} under {}", root.dir().display());
+        }
+        Err(e) => problems.push(Problem::error(
+            "cmdline-unreadable",
+            PROC_CMDLINE,
+            format!("reading: {e}"),
+        )),
+    }
+
+    if let Some(dir) = &inputs.credentials_dir {
+        let shown = dir.display().to_string();
+        let (layer, seed_layer, mut found) = credentials::read_dir(&root.path(dir), &shown);
+        problems.append(&mut found);
+        layers.push(layer);
+        layers.extend(seed_layer);
+    }
+
+    for path in [ETC_SEED, BOOT_SEED] {
+        if let Some(layer) = read_seed_file(root, path, &mut problems) {
+            layers.push(layer);
+        }
+    }
+    if let Some(layer) = read_gwseed(root, &mut problems) {
+        layers.push(layer);
+    }
+    if let Some(text) = read_document(&root.path(VENDOR_DEFAULTS), VENDOR_DEFAULTS, &mut problems) {
+        let (layer, mut found) = seed::parse(&text, Source::Default(VENDOR_DEFAULTS.into()));
+        problems.append(&mut found);
+        layers.push(layer);
+    }
+
+    problems.extend(disagreements(&layers));
+    Collected { layers, problems }
+}
+
+/// Reads a small text document; `None` if it does not exist (or cannot be used, with a problem).
+fn read_document(real: &Path, shown: &str, problems: &mut Vec<Problem>) -> Option<String> {
+    let result = std::fs::File::open(real).and_then(|f| {
+        let mut bytes = Vec::new();
+        f.take(seed::MAX_SEED_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)?;
+        Ok(bytes)
+    });
+    let bytes = match result {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            problems.push(
+                Problem::error(
+                    "seed-unreadable",
+                    shown,
+                    format!("reading: {}", io_reason(&e)),
+                )
+                .fix("make it a regular file readable by root"),
+            );
+            return None;
+        }
+    };
+    decode(bytes, shown, problems)
+}
+
+fn decode(bytes: Vec<u8>, shown: &str, problems: &mut Vec<Problem>) -> Option<String> {
+    if bytes.len() > seed::MAX_SEED_BYTES {
+        problems.push(
+            Problem::error(
+                "seed-too-large",
+                shown,
+                format!("larger than {} bytes", seed::MAX_SEED_BYTES),
+            )
+            .fix("a seed holds a few settings; check that the right file is in place"),
+        );
+        return None;
+    }
+    match String::from_utf8(bytes) {
+        Ok(text) => Some(text),
+        Err(e) => {
+            problems.push(
+                Problem::error(
+                    "seed-not-text",
+                    shown,
+                    format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+                )
+                .fix("save the seed as UTF-8 text"),
+            );
+            None
+        }
+    }
+}
+
+fn io_reason(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => nix::errno::Errno::from_raw(code).desc().to_lowercase(),
+        None => e.to_string(),
+    }
+}
+
+fn read_seed_file(root: &Root, path: &str, problems: &mut Vec<Problem>) -> Option<Layer> {
+    let real = root.path(path);
+    let text = read_document(&real, path, problems)?;
+    let (layer, mut found) = seed::parse(&text, Source::Seed(path.into()));
+    problems.append(&mut found);
+    if let Some(key_entry) = layer
+        .get(Key::ApiKey)
+        .filter(|e| !matches!(&e.value, RawValue::Secret(s) if s.is_blank()))
+        && let Some(mode) = readable_by_others(&real)
+    {
+        problems.push(
+            Problem::warning(
+                "seed-readable",
+                path,
+                format!(
+                    "holds the API key (line {}) but is readable by other users (mode {mode:04o})",
+                    key_entry.origin.line.unwrap_or(0)
+                ),
+            )
+            .fix(format!("chmod 600 {path}")),
+        );
+    }
+    Some(layer)
+}
+
+/// The file's permission bits if group or others may read it, on a filesystem that has
+/// permissions at all (FAT's are made up by mount options, so a warning there would be noise).
+fn readable_by_others(path: &Path) -> Option<u32> {
+    let mode = std::fs::metadata(path).ok()?.mode() & 0o7777;
+    if mode & 0o044 == 0 {
+        return None;
+    }
+    let fs = nix::sys::statfs::statfs(path).ok()?;
+    (fs.filesystem_type() != nix::sys::statfs::MSDOS_SUPER_MAGIC).then_some(mode)
+}
+
+fn read_gwseed(root: &Root, problems: &mut Vec<Problem>) -> Option<Layer> {
+    let shown = format!("{GWSEED_DEVICE}:{GWSEED_FILE}");
+    let device = match root.resolve_links(Path::new(GWSEED_DEVICE)) {
+        Ok(device) => device,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            problems.push(Problem::error(
+                "gwseed-unreadable",
+                GWSEED_DEVICE,
+                format!("resolving: {}", io_reason(&e)),
+            ));
+            return None;
+        }
+    };
+    let bytes = match gwseed::read_file(&device, GWSEED_FILE, seed::MAX_SEED_BYTES) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => {
+            log::info!("{GWSEED_DEVICE} has no {GWSEED_FILE}");
+            return None;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            problems.push(
+                Problem::error("gwseed-unreadable", GWSEED_DEVICE, format!("reading {GWSEED_FILE}: {}", io_reason(&e)))
+                    .fix("write the seed with `gateway-firstboot seed embed`, or format the stick as FAT labelled GWSEED"),
+            );
+            return None;
+        }
+    };
+    let text = decode(bytes, &shown, problems)?;
+    let (layer, mut found) = seed::parse(&text, Source::Seed(shown));
+    problems.append(&mut found);
+    Some(layer)
+}
+
+/// Two seed files giving one setting different values is almost always a leftover: say so.
+fn disagreements(layers: &[Layer]) -> Vec<Problem> {
+    let seeds: Vec<&Layer> = layers
+        .iter()
+        .filter(|l| matches!(l.source, Source::Seed(_)))
+        .collect();
+    let mut problems = Vec::new();
+    for &key in Key::ALL {
+        let entries: Vec<&Entry> = seeds.iter().filter_map(|l| l.get(key)).collect();
+        let Some((first, rest)) = entries.split_first() else {
+            continue;
+        };
+        let differing: Vec<&&Entry> = rest.iter().filter(|e| e.value != first.value).collect();
+        if differing.is_empty() {
+            continue;
+        }
+        let mut says = vec![first];
+        says.extend(differing);
+        let message = if key.is_secret() {
+            let places: Vec<String> = says.iter().map(|e| e.origin.describe()).collect();
+            format!(
+                "the seed files disagree on {key} (values not shown): {}",
+                places.join(", ")
+            )
+        } else {
+            let places: Vec<String> = says
+                .iter()
+                .map(|e| format!("{} says {}", e.origin.describe(), e.value))
+                .collect();
+            format!("the seed files disagree on {key}: {}", places.join(", "))
+        };
+        problems.push(
+            Problem::warning("seeds-disagree", key.name(), message).fix(format!(
+                "{} wins; remove the stale value from the others",
+                first.origin.describe()
+            )),
+        );
+    }
+    problems
+}

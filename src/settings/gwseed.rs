@@ -1,0 +1,114 @@
+//! The `GWSEED` stick or partition: a FAT filesystem labelled `GWSEED` with `seed.toml` at its
+//! top. It is read straight from the block device with a FAT library, so the agent needs no
+//! mount (and no mount privilege), and the same code can write seeds into disk images.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+/// A device opened read-only; fatfs wants `Write` as well, which here always fails.
+struct ReadOnly(File);
+
+impl Read for ReadOnly {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Seek for ReadOnly {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.0.seek(pos)
+    }
+}
+
+impl Write for ReadOnly {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "opened read-only",
+        ))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads `name` from the FAT filesystem on `device`. `Ok(None)` when the filesystem has no such
+/// file (an empty `GWSEED` partition, as a factory image has before a seed is embedded).
+pub fn read_file(device: &Path, name: &str, limit: usize) -> io::Result<Option<Vec<u8>>> {
+    let file = File::open(device)?;
+    let fs = fatfs::FileSystem::new(ReadOnly(file), fatfs::FsOptions::new())
+        .map_err(|e| io::Error::new(e.kind(), format!("not a FAT filesystem: {e}")))?;
+    let mut seed = match fs.root_dir().open_file(name) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::new();
+    (&mut seed).take(limit as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > limit {
+        return Err(io::Error::other(format!(
+            "{name} is larger than {limit} bytes"
+        )));
+    }
+    Ok(Some(bytes))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Makes a small FAT image labelled GWSEED holding `files`.
+    pub fn fat_image(path: &Path, files: &[(&str, &[u8])]) {
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .unwrap();
+        f.set_len(2 * 1024 * 1024).unwrap();
+        fatfs::format_volume(
+            &mut f,
+            fatfs::FormatVolumeOptions::new().volume_label(*b"GWSEED     "),
+        )
+        .unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        let fs = fatfs::FileSystem::new(f, fatfs::FsOptions::new()).unwrap();
+        for (name, content) in files {
+            fs.root_dir()
+                .create_file(name)
+                .unwrap()
+                .write_all(content)
+                .unwrap();
+        }
+        fs.unmount().unwrap();
+    }
+
+    #[test]
+    fn reads_a_seed_without_mounting() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("gwseed.img");
+        fat_image(&image, &[("SEED.TOML", b"account = \"a.example\"\n")]);
+        let before = std::fs::read(&image).unwrap();
+        let got = read_file(&image, "seed.toml", 1024).unwrap().unwrap();
+        assert_eq!(got, b"account = \"a.example\"\n");
+        assert_eq!(
+            std::fs::read(&image).unwrap(),
+            before,
+            "reading must not write"
+        );
+        assert_eq!(read_file(&image, "other.toml", 1024).unwrap(), None);
+        assert!(read_file(&image, "seed.toml", 4).is_err());
+    }
+
+    #[test]
+    fn a_non_fat_device_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("zero.img");
+        std::fs::write(&image, vec![0u8; 64 * 1024]).unwrap();
+        let err = read_file(&image, "seed.toml", 1024).unwrap_err();
+        assert!(err.to_string().contains("not a FAT filesystem"), "{err}");
+    }
+}

@@ -1,0 +1,116 @@
+//! The settings the agent takes, with their names in each kind of source.
+
+use std::fmt;
+
+/// What sort of value a setting holds; decides how sources hand it over and how it is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Text,
+    /// Text that is never shown (the API key).
+    Secret,
+    /// A list; comma-separated where a source only has text.
+    List,
+    Bool,
+    /// Seconds as an integer, or text such as `90s`, `5m`, `1h30m`, `infinity`.
+    Duration,
+}
+
+macro_rules! keys {
+    ($($variant:ident = $name:literal, $kind:ident, $help:literal;)*) => {
+        /// A provisioning setting.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Key { $($variant),* }
+
+        impl Key {
+            /// Every setting, in the order they are shown.
+            pub const ALL: &'static [Key] = &[$(Key::$variant),*];
+
+            /// The name in a seed file (kebab-case).
+            pub fn name(self) -> &'static str {
+                match self { $(Key::$variant => $name),* }
+            }
+
+            pub fn kind(self) -> Kind {
+                match self { $(Key::$variant => Kind::$kind),* }
+            }
+
+            /// One line on what the setting is, for documentation and `--help`.
+            pub fn help(self) -> &'static str {
+                match self { $(Key::$variant => $help),* }
+            }
+        }
+    };
+}
+
+keys! {
+    Primary = "primary", Text, "address of the primary server: host, host:port, IPv4, [IPv6]:port or https:// URL";
+    Account = "account", Text, "DNS name of the account this server attaches to";
+    ApiKey = "api-key", Secret, "API key from the account settings; blank means the default restricted key";
+    Hostname = "hostname", Text, "this server's host name or FQDN (default: the system's)";
+    DnsCheck = "dns-check", Text, "DNS self-check policy: warn, require or off";
+    Nameservers = "nameservers", List, "DNS servers for the self-check (default: the system's resolver)";
+    PrimaryCa = "primary-ca", Text, "CA certificate of a primary with a private CA: PEM text or an absolute path";
+    PrimaryCaSha256 = "primary-ca-sha256", Text, "SHA-256 fingerprint pinning the primary's certificate or CA";
+    ConnectTimeout = "connect-timeout", Duration, "time allowed for one TCP and TLS connection attempt";
+    RequestTimeout = "request-timeout", Duration, "time allowed for one request to the primary";
+    Deadline = "deadline", Duration, "how long to keep retrying transient failures, or infinity";
+    InsecureHttp = "insecure-http", Bool, "allow a plain http:// primary; for testing only";
+}
+
+impl Key {
+    /// Looks a setting up by its seed name (kebab-case only: seeds are strict).
+    pub fn from_seed_name(name: &str) -> Option<Key> {
+        Key::ALL.iter().copied().find(|k| k.name() == name)
+    }
+
+    /// Looks a setting up by the part after `gateway.` on the kernel command line or in a
+    /// credential name. The kernel treats `-` and `_` in parameter names alike, and so do we.
+    pub fn from_param_name(name: &str) -> Option<Key> {
+        let wanted = name.replace('-', "_");
+        Key::ALL.iter().copied().find(|k| k.param_name() == wanted)
+    }
+
+    /// The name after `gateway.` on the kernel command line and in credentials (`api_key`).
+    pub fn param_name(self) -> String {
+        self.name().replace('-', "_")
+    }
+
+    /// The command-line flag that sets it.
+    pub fn flag(self) -> String {
+        match self {
+            Key::ApiKey => "--api-key-file".to_string(),
+            Key::Nameservers => "--nameserver".to_string(),
+            _ => format!("--{}", self.name()),
+        }
+    }
+
+    pub fn is_secret(self) -> bool {
+        self.kind() == Kind::Secret
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for &key in Key::ALL {
+            assert_eq!(Key::from_seed_name(key.name()), Some(key));
+            assert_eq!(Key::from_param_name(&key.param_name()), Some(key));
+            assert_eq!(Key::from_param_name(key.name()), Some(key));
+        }
+        assert_eq!(
+            Key::from_seed_name("api_key"),
+            None,
+            "seeds take kebab-case only"
+        );
+        assert_eq!(Key::from_param_name("api_key"), Some(Key::ApiKey));
+    }
+}
