@@ -29,6 +29,8 @@ pub struct Inputs {
 pub struct Collected {
     pub layers: Vec<Layer>,
     pub problems: Vec<Problem>,
+    /// Some source other than the vendor defaults gave a value, or tried to and failed.
+    pub given: bool,
 }
 
 impl Collected {
@@ -48,12 +50,10 @@ impl Collected {
         Some(winner)
     }
 
-    /// True when some source other than the vendor defaults supplied anything: without that
-    /// there is nothing to provision from yet.
+    /// True when some source other than the vendor defaults supplied anything (even something
+    /// broken): without that there is nothing to provision from yet.
     pub fn has_seed(&self) -> bool {
-        self.layers.iter().any(|l| {
-            !matches!(l.source, Source::Default(_) | Source::BuiltIn) && !l.entries.is_empty()
-        })
+        self.given
     }
 
     pub fn has_errors(&self) -> bool {
@@ -102,6 +102,8 @@ pub fn collect(root: &Root, inputs: Inputs) -> Collected {
     if let Some(layer) = read_gwseed(root, &mut problems) {
         layers.push(layer);
     }
+    let given =
+        problems.iter().any(Problem::is_error) || layers.iter().any(|l| !l.entries.is_empty());
     if let Some(text) = read_document(&root.path(VENDOR_DEFAULTS), VENDOR_DEFAULTS, &mut problems) {
         let (layer, mut found) = seed::parse(&text, Source::Default(VENDOR_DEFAULTS.into()));
         problems.append(&mut found);
@@ -109,7 +111,11 @@ pub fn collect(root: &Root, inputs: Inputs) -> Collected {
     }
 
     problems.extend(disagreements(&layers));
-    Collected { layers, problems }
+    Collected {
+        layers,
+        problems,
+        given,
+    }
 }
 
 /// Reads a small text document; `None` if it does not exist (or cannot be used, with a problem).

@@ -1,0 +1,160 @@
+//! A fixture tree for running the real binary with `--root`.
+#![allow(dead_code)]
+
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_gateway-firstboot");
+pub const CREDENTIALS_DIR: &str = "/run/credentials/gateway-firstboot.service";
+
+pub struct Tree {
+    pub dir: tempfile::TempDir,
+    credentials: bool,
+}
+
+/// The result of a run, with stdout and stderr as text.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Default for Tree {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Tree {
+    pub fn new() -> Self {
+        Tree {
+            dir: tempfile::tempdir().unwrap(),
+            credentials: false,
+        }
+    }
+
+    pub fn path(&self, appliance_path: &str) -> PathBuf {
+        self.dir.path().join(appliance_path.trim_start_matches('/'))
+    }
+
+    /// Writes a file (mode 0600, as a careful installer would).
+    pub fn file(&mut self, appliance_path: &str, content: impl AsRef<[u8]>) -> &mut Self {
+        self.file_mode(appliance_path, content, 0o600)
+    }
+
+    pub fn file_mode(
+        &mut self,
+        appliance_path: &str,
+        content: impl AsRef<[u8]>,
+        mode: u32,
+    ) -> &mut Self {
+        let path = self.path(appliance_path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, content).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        self
+    }
+
+    pub fn cmdline(&mut self, cmdline: &str) -> &mut Self {
+        self.file_mode("/proc/cmdline", format!("{cmdline}\n"), 0o444)
+    }
+
+    pub fn credential(&mut self, name: &str, content: &str) -> &mut Self {
+        self.credentials = true;
+        self.file(&format!("{CREDENTIALS_DIR}/{name}"), content)
+    }
+
+    /// A FAT partition labelled GWSEED at /dev/vdb1 holding `files`, linked as udev would.
+    pub fn gwseed(&mut self, files: &[(&str, &[u8])]) -> &mut Self {
+        let device = self.path("/dev/vdb1");
+        std::fs::create_dir_all(device.parent().unwrap()).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&device)
+            .unwrap();
+        f.set_len(1024 * 1024).unwrap();
+        fatfs::format_volume(
+            &mut f,
+            fatfs::FormatVolumeOptions::new().volume_label(*b"GWSEED     "),
+        )
+        .unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        let fs = fatfs::FileSystem::new(f, fatfs::FsOptions::new()).unwrap();
+        for (name, content) in files {
+            fs.root_dir()
+                .create_file(name)
+                .unwrap()
+                .write_all(content)
+                .unwrap();
+        }
+        fs.unmount().unwrap();
+        let link = self.path("/dev/disk/by-label/GWSEED");
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("../../vdb1", &link).unwrap();
+        self
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--root").arg(self.dir.path()).args(args);
+        cmd.env_remove("CREDENTIALS_DIRECTORY")
+            .env_remove("GATEWAY_FIRSTBOOT_LOG");
+        if self.credentials {
+            cmd.env("CREDENTIALS_DIRECTORY", CREDENTIALS_DIR);
+        }
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.command(args).output().unwrap().into()
+    }
+
+    /// `show-config --json`: (value, origin) of one setting.
+    pub fn effective(
+        &self,
+        setting: &str,
+        extra: &[&str],
+    ) -> (serde_json::Value, serde_json::Value) {
+        let mut args = vec!["show-config", "--json"];
+        args.extend_from_slice(extra);
+        let run = self.run(&args);
+        assert_eq!(run.code, 0, "{}", run.all());
+        let json = run.json();
+        (
+            json[setting]["value"].clone(),
+            json[setting]["origin"].clone(),
+        )
+    }
+}
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
