@@ -603,43 +603,43 @@ fn flags_override_and_the_key_file_is_read() {
 fn the_api_key_never_reaches_any_output() {
     const KEY: &str = "gwkSECRETb64XyZ0123456789";
     const BAD_KEY: &str = "gwk SECRET with spaces 0123";
-    let setups: Vec<Box<dyn Fn(&mut Tree)>> = vec![
-        Box::new(|t| {
+    let setups: Vec<fn(&mut Tree)> = vec![
+        |t| {
             t.file_mode(
                 "/etc/gateway/seed.toml",
                 format!("primary = \"p.example\"\naccount = \"a.example\"\napi-key = \"{KEY}\"\n"),
                 0o644,
             );
-        }),
-        Box::new(|t| {
+        },
+        |t| {
             t.file(
                 "/etc/gateway/seed.toml",
                 format!("api-key = \"{BAD_KEY}\"\n"),
             );
             t.file("/boot/gateway-seed.toml", format!("api-key = \"{KEY}\"\n"));
-        }),
-        Box::new(|t| {
+        },
+        |t| {
             t.cmdline(&format!(
                 "gateway.api_key={KEY} gateway.api-key=\"{BAD_KEY}\""
             ));
-        }),
-        Box::new(|t| {
+        },
+        |t| {
             t.credential("gateway.api_key", KEY);
             t.credential("gateway.seed", &format!("api-key = \"{KEY}\nunterminated"));
-        }),
-        Box::new(|t| {
+        },
+        |t| {
             t.gwseed(&[("seed.toml", format!("api-key = {KEY}\n").as_bytes())]);
             t.file(
                 "/usr/lib/gateway-firstboot/defaults.toml",
                 format!("api-key = [\"{KEY}\"]\n"),
             );
-        }),
-        Box::new(|t| {
+        },
+        |t| {
             t.file(
                 "/etc/gateway/seed.toml",
                 format!("api-key = \"{KEY}\"\napi-key = \"{KEY}\"\n"),
             );
-        }),
+        },
     ];
     for (i, setup) in setups.iter().enumerate() {
         let mut tree = Tree::new();
