@@ -6,6 +6,7 @@ pub mod commands;
 pub mod exit;
 pub mod logging;
 pub mod problem;
+pub mod protocol;
 pub mod root;
 pub mod secret;
 pub mod settings;

@@ -48,6 +48,20 @@ impl serde::Serialize for Secret {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret)
+    }
+}
+
+/// For wire formats only (`#[serde(serialize_with = "...")]`): writes the secret's text.
+pub fn serialize_exposed<S: serde::Serializer>(
+    secret: &Secret,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(secret.expose())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
