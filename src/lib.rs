@@ -3,13 +3,19 @@
 
 pub mod cli;
 pub mod commands;
+pub mod dns;
 pub mod exit;
+pub mod failure;
+pub mod fsutil;
+pub mod identity;
 pub mod logging;
 pub mod problem;
+pub mod progress;
 pub mod protocol;
 pub mod root;
 pub mod secret;
 pub mod settings;
+pub mod state;
 
 use cli::{Cli, Command};
 

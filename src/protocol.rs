@@ -155,7 +155,7 @@ pub enum DnsStatus {
     Error,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DnsReport {
     pub status: DnsStatus,
     pub fqdn: String,

@@ -1,0 +1,173 @@
+//! The provisioning state, persisted under /var/lib/gateway-firstboot so that a power cut at
+//! any point resumes where it stopped. Holds no secret (the server token has its own 0600
+//! file); `status` and `/run/gateway-firstboot/status.json` are renderings of it.
+
+use crate::failure::{Failure, io};
+use crate::fsutil;
+use crate::protocol::{DnsReport, TrustState};
+use crate::root::Root;
+use serde::{Deserialize, Serialize};
+
+pub const STATE_DIR: &str = "/var/lib/gateway-firstboot";
+pub const STATE_FILE: &str = "/var/lib/gateway-firstboot/state.json";
+/// Exists once provisioning is handed off; `gateway.service` is conditioned on it.
+pub const DONE_MARKER: &str = "/var/lib/gateway-firstboot/done";
+pub const TOKEN_FILE: &str = "/var/lib/gateway-firstboot/server-token";
+
+/// Steps, in order. A step's effects are on disk before the phase says it is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    #[default]
+    New,
+    Validated,
+    DnsChecked,
+    Connected,
+    Registered,
+    HandedOff,
+    Trusted,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::New => "new",
+            Phase::Validated => "validated",
+            Phase::DnsChecked => "dns-checked",
+            Phase::Connected => "connected",
+            Phase::Registered => "registered",
+            Phase::HandedOff => "handed-off",
+            Phase::Trusted => "trusted",
+        }
+    }
+}
+
+/// What the trust step needs to reach the primary again after a reboot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrimaryAccess {
+    pub url: String,
+    /// PEM of the seed's `primary-ca`, if any.
+    pub ca_pem: Option<String>,
+    /// Hex SHA-256 pin, if any.
+    pub pin: Option<String>,
+    pub nameservers: Vec<String>,
+    pub connect_timeout_secs: u64,
+    pub request_timeout_secs: u64,
+    pub insecure_http: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct State {
+    pub version: u32,
+    pub phase: Phase,
+    pub account: Option<String>,
+    pub primary: Option<PrimaryAccess>,
+    pub hostname: Option<String>,
+    pub dns: Option<DnsReport>,
+    /// Records the DNS check says to create (`gw01.acme.lan. IN A 192.0.2.10`).
+    pub dns_records_missing: Vec<String>,
+    pub server_id: Option<String>,
+    pub key_fingerprint: Option<String>,
+    pub trust: Option<TrustState>,
+    pub api_key_is_default: bool,
+    pub warnings: Vec<String>,
+    pub last_error: Option<Failure>,
+    pub updated: Option<String>,
+}
+
+impl State {
+    pub fn load(root: &Root) -> Result<State, Failure> {
+        let path = root.path(STATE_FILE);
+        let Some(bytes) =
+            fsutil::read_optional(&path).map_err(|e| io(format!("reading {STATE_FILE}"), e))?
+        else {
+            return Ok(State {
+                version: 1,
+                ..State::default()
+            });
+        };
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Failure::permanent(
+                "state-corrupt",
+                format!("{STATE_FILE} is damaged: {e}"),
+                format!("move {STATE_FILE} away to provision again from the start (the server keeps its identity)"),
+            )
+        })
+    }
+
+    pub fn save(&mut self, root: &Root) -> Result<(), Failure> {
+        self.updated = Some(now_rfc3339());
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| Failure::permanent("internal", e.to_string(), "report a bug"))?;
+        fsutil::write_atomic(&root.path(STATE_FILE), &json, 0o644)
+            .map_err(|e| io(format!("writing {STATE_FILE}"), e))
+    }
+
+    /// Moves to `phase` and saves.
+    pub fn advance(&mut self, root: &Root, phase: Phase) -> Result<(), Failure> {
+        if phase > self.phase {
+            self.phase = phase;
+        }
+        self.last_error = None;
+        self.save(root)
+    }
+}
+
+/// The current time as RFC 3339 (UTC, seconds).
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    rfc3339(secs)
+}
+
+/// Formats Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days, proleptic Gregorian).
+pub fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_times() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_305_600 + 3661), "2026-11-22T01:01:01Z");
+    }
+
+    #[test]
+    fn state_round_trips_and_phases_only_advance() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        let mut s = State::load(&root).unwrap();
+        assert_eq!(s.phase, Phase::New);
+        s.server_id = Some("srv_1".into());
+        s.advance(&root, Phase::Registered).unwrap();
+        s.advance(&root, Phase::Connected).unwrap();
+        let back = State::load(&root).unwrap();
+        assert_eq!(back.phase, Phase::Registered);
+        assert_eq!(back.server_id.as_deref(), Some("srv_1"));
+        std::fs::write(root.path(STATE_FILE), b"{broken").unwrap();
+        assert_eq!(State::load(&root).unwrap_err().code, "state-corrupt");
+    }
+}
