@@ -38,8 +38,57 @@ pub struct Cli {
 pub enum Command {
     /// Show the effective settings and where each one came from
     ShowConfig(ShowConfigArgs),
-    /// Check the settings offline and report every problem at once
+    /// Check the settings offline (and with --online, against the primary)
     Check(CheckArgs),
+    /// Provision this server: DNS self-check, validate with the primary, register, hand off
+    Provision(ProvisionArgs),
+    /// Wait until an administrator authorizes this server, then prove the secure connection
+    AwaitTrust(AwaitTrustArgs),
+    /// Show where provisioning stands (exit 0 trusted, 1 failed, 2 warnings, 3 waiting, 4 busy)
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProvisionArgs {
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AwaitTrustArgs {
+    /// Longest wait between two polls of the primary (backoff grows to it)
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub poll_max: std::time::Duration,
+
+    /// Give up after this long (default: wait for ever)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+
+    /// Command run once trusted ("none" for nothing; default on the real system:
+    /// systemctl try-restart gateway.service, under --root: nothing)
+    #[arg(long, value_name = "COMMAND")]
+    pub notify_command: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+
+    /// Wait while provisioning is in progress
+    #[arg(long)]
+    pub wait: bool,
+
+    /// With --wait, give up after SECONDS (exit 4)
+    #[arg(long, value_name = "SECONDS", requires = "wait")]
+    pub timeout: Option<u64>,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let text = crate::settings::RawValue::Text(s.to_string());
+    crate::settings::validate::parse_duration_value(&text)
+        .ok_or_else(|| format!("{s:?} is not a duration (30s, 5m, 1h)"))
 }
 
 #[derive(Debug, Args)]
@@ -57,6 +106,10 @@ pub struct CheckArgs {
     /// Print the result as JSON
     #[arg(long)]
     pub json: bool,
+
+    /// Also connect to the primary and validate the account and key (registers nothing)
+    #[arg(long)]
+    pub online: bool,
 
     #[command(flatten)]
     pub settings: SettingsArgs,

@@ -7,11 +7,14 @@ pub mod dns;
 pub mod exit;
 pub mod failure;
 pub mod fsutil;
+pub mod handoff;
 pub mod identity;
 pub mod logging;
+pub mod primary;
 pub mod problem;
 pub mod progress;
 pub mod protocol;
+pub mod retry;
 pub mod root;
 pub mod secret;
 pub mod settings;
@@ -24,6 +27,17 @@ pub fn run(cli: &Cli) -> anyhow::Result<u8> {
     let root = root::Root::new(&cli.root);
     match &cli.command {
         Command::ShowConfig(args) => commands::show_config::run(&root, args),
-        Command::Check(args) => commands::check::run(&root, args),
+        Command::Check(args) => runtime()?.block_on(commands::check::run(&root, args)),
+        Command::Provision(args) => runtime()?.block_on(commands::provision::run(&root, args)),
+        Command::AwaitTrust(args) => runtime()?.block_on(commands::await_trust::run(&root, args)),
+        Command::Status(args) => runtime()?.block_on(commands::status::run(&root, args)),
     }
+}
+
+/// One thread is plenty: the agent waits on the network, it does not compute.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }

@@ -7,18 +7,25 @@ use crate::root::Root;
 use crate::settings::{self, Settings};
 use std::io::Write;
 
-pub fn run(root: &Root, args: &CheckArgs) -> anyhow::Result<u8> {
+pub async fn run(root: &Root, args: &CheckArgs) -> anyhow::Result<u8> {
     let collected = super::load(root, &args.settings);
     let (settings, mut problems) = settings::validate(root, &collected);
     if !collected.has_seed() {
         // With nothing given at all, one message says it better than one per missing setting.
         problems.retain(|p| !p.code.ends_with("-missing"));
     }
-    let code = match (&settings, collected.has_seed()) {
+    let mut code = match (&settings, collected.has_seed()) {
         (Some(_), _) => exit::OK,
         (None, false) => exit::NOINPUT,
         (None, true) => exit::DATAERR,
     };
+    let online = match (&settings, args.online) {
+        (Some(s), true) => Some(online(root, s).await),
+        _ => None,
+    };
+    if let Some(Err(f)) = &online {
+        code = f.exit_code();
+    }
     let mut out = std::io::stdout().lock();
     if args.json {
         let report = serde_json::json!({
@@ -27,6 +34,10 @@ pub fn run(root: &Root, args: &CheckArgs) -> anyhow::Result<u8> {
             "errors": problems.iter().filter(|p| p.is_error()).count(),
             "warnings": problems.iter().filter(|p| !p.is_error()).count(),
             "problems": problems,
+            "online": online.as_ref().map(|r| match r {
+                Ok(text) => serde_json::json!({ "ok": true, "message": text }),
+                Err(f) => serde_json::json!({ "ok": false, "code": f.code, "message": f.message, "fix": f.fix }),
+            }),
         });
         serde_json::to_writer_pretty(&mut out, &report)?;
         writeln!(out)?;
@@ -34,7 +45,14 @@ pub fn run(root: &Root, args: &CheckArgs) -> anyhow::Result<u8> {
     }
     print_problems(&mut out, &problems)?;
     match &settings {
-        Some(s) => writeln!(out, "{}", summary(s))?,
+        Some(s) => {
+            writeln!(out, "{}", summary(s))?;
+            match &online {
+                Some(Ok(text)) => writeln!(out, "{text}")?,
+                Some(Err(f)) => writeln!(out, "error: {f}")?,
+                None => {}
+            }
+        }
         None if code == exit::NOINPUT => writeln!(
             out,
             "no provisioning settings found: give gateway.primary= and gateway.account= on the kernel \
@@ -78,4 +96,27 @@ fn summary(s: &Settings) -> String {
             .and_then(|v| v.as_str().map(String::from))
             .unwrap_or_default()
     )
+}
+
+/// The installer's check: reach the primary (DNS, TCP, TLS, clock) and validate the account
+/// domain and the key, once, without registering.
+async fn online(root: &Root, s: &Settings) -> Result<String, crate::failure::Failure> {
+    use crate::primary::{Endpoint, Primary};
+    let primary = Primary::connect(root, &Endpoint::from_settings(s), &s.account, None).await?;
+    primary.health().await?;
+    let info = primary.account_info(&s.api_key).await?;
+    let kind = match info.key_kind {
+        crate::protocol::KeyKind::Restricted => "restricted",
+        crate::protocol::KeyKind::Full => "full",
+    };
+    Ok(format!(
+        "online: connected to {} over TLS; account {} exists; API key accepted ({kind}{})",
+        s.primary,
+        info.account,
+        if info.auto_trust {
+            ", trusts servers automatically"
+        } else {
+            ""
+        }
+    ))
 }

@@ -1,7 +1,10 @@
 //! One file per subcommand.
 
+pub mod await_trust;
 pub mod check;
+pub mod provision;
 pub mod show_config;
+pub mod status;
 
 use crate::cli::SettingsArgs;
 use crate::root::Root;

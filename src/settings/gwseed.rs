@@ -55,6 +55,24 @@ pub fn read_file(device: &Path, name: &str, limit: usize) -> io::Result<Option<V
     Ok(Some(bytes))
 }
 
+/// Replaces `name` on the FAT filesystem on `device` with `content` (the file must exist).
+/// Used to scrub the API key from a `GWSEED` seed once registered, and by the seed tools.
+pub fn replace_file(device: &Path, name: &str, content: &[u8]) -> io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(device)?;
+    let fs = fatfs::FileSystem::new(file, fatfs::FsOptions::new())
+        .map_err(|e| io::Error::new(e.kind(), format!("not a FAT filesystem: {e}")))?;
+    {
+        let mut f = fs.root_dir().open_file(name)?;
+        f.truncate()?;
+        f.write_all(content)?;
+        f.flush()?;
+    }
+    fs.unmount()
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -101,6 +119,21 @@ pub(crate) mod tests {
         );
         assert_eq!(read_file(&image, "other.toml", 1024).unwrap(), None);
         assert!(read_file(&image, "seed.toml", 4).is_err());
+    }
+
+    #[test]
+    fn replaces_a_file_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("gwseed.img");
+        fat_image(
+            &image,
+            &[("seed.toml", b"account = \"a.example\"\napi-key = \"k\"\n")],
+        );
+        replace_file(&image, "seed.toml", b"account = \"a.example\"\n").unwrap();
+        assert_eq!(
+            read_file(&image, "seed.toml", 1024).unwrap().unwrap(),
+            b"account = \"a.example\"\n"
+        );
     }
 
     #[test]

@@ -38,7 +38,8 @@ pub struct Settings {
     pub hostname: Option<String>,
     pub dns_check: DnsCheck,
     pub nameservers: Vec<SocketAddr>,
-    pub primary_ca: Vec<CertificateDer<'static>>,
+    /// PEM text of the seed's CA for the primary (validated: holds certificates).
+    pub primary_ca: Option<String>,
     pub primary_ca_sha256: Option<[u8; 32]>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
@@ -145,7 +146,7 @@ pub fn validate(root: &Root, collected: &Collected) -> (Option<Settings>, Vec<Pr
             hostname: hostname.flatten(),
             dns_check: dns_check.flatten().unwrap_or(DnsCheck::Warn),
             nameservers: nameservers.flatten().unwrap_or_default(),
-            primary_ca: primary_ca.flatten().unwrap_or_default(),
+            primary_ca: primary_ca.flatten(),
             primary_ca_sha256: primary_ca_sha256.flatten(),
             connect_timeout: connect_timeout
                 .flatten()
@@ -495,11 +496,7 @@ fn check_nameservers(value: &RawValue) -> Result<Vec<SocketAddr>, Invalid> {
         .collect()
 }
 
-fn check_ca(
-    root: &Root,
-    value: &RawValue,
-    entry: &Entry,
-) -> Result<Vec<CertificateDer<'static>>, Invalid> {
+fn check_ca(root: &Root, value: &RawValue, entry: &Entry) -> Result<String, Invalid> {
     let fix = "give the primary's CA certificate as PEM text (-----BEGIN CERTIFICATE-----…) or the absolute path of a PEM file";
     let s = text(value, fix)?;
     let (pem, what) = if s.trim_start().starts_with("-----BEGIN") {
@@ -523,7 +520,7 @@ fn check_ca(
     };
     let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&pem).collect();
     match certs {
-        Ok(certs) if !certs.is_empty() => Ok(certs),
+        Ok(certs) if !certs.is_empty() => Ok(String::from_utf8_lossy(&pem).into_owned()),
         Ok(_) => Err(invalid(format!("{what} holds no PEM certificate"), fix)),
         Err(e) => Err(invalid(
             format!("{what} is not a PEM certificate: {e}"),
@@ -586,6 +583,14 @@ fn check_duration(
         ));
     }
     Ok(Some(Duration::from_secs(secs)))
+}
+
+/// A duration from text (for command-line flags): `30s`, `5m`, `1h`, or seconds.
+pub fn parse_duration_value(value: &RawValue) -> Option<Duration> {
+    match value {
+        RawValue::Text(s) => parse_duration(s.trim()).map(Duration::from_secs),
+        _ => None,
+    }
 }
 
 fn parse_duration(s: &str) -> Option<u64> {

@@ -1,0 +1,195 @@
+//! `await-trust`: after handoff, wait (polling with capped backoff and jitter) until an
+//! administrator authorizes this server, store its certificate and the account's CA, prove the
+//! mutual-TLS connection, then tell the gateway.
+
+use crate::cli::AwaitTrustArgs;
+use crate::exit;
+use crate::failure::{Failure, io};
+use crate::fsutil;
+use crate::identity::{ACCOUNT_CA_FILE, CERT_FILE, Identity};
+use crate::primary::{ClientIdentity, Endpoint, Primary};
+use crate::progress::{self, Progress};
+use crate::protocol::{TrustState, short_fingerprint};
+use crate::retry::Backoff;
+use crate::root::Root;
+use crate::secret::Secret;
+use crate::state::{Phase, State, TOKEN_FILE};
+use std::time::Duration;
+
+/// What `await-trust` runs once trusted, on the real system, unless told otherwise.
+pub const DEFAULT_NOTIFY: &str = "systemctl try-restart gateway.service";
+
+pub async fn run(root: &Root, args: &AwaitTrustArgs) -> anyhow::Result<u8> {
+    let mut progress = Progress::new(root);
+    let mut state = match State::load(root) {
+        Ok(s) => s,
+        Err(f) => {
+            progress.failed(&State::default(), &f);
+            return Ok(f.exit_code());
+        }
+    };
+    match wait(root, args, &mut state, &mut progress).await {
+        Ok(()) => Ok(exit::OK),
+        Err(f) => {
+            if f.code == "server-rejected" {
+                state.trust = Some(TrustState::Rejected);
+            }
+            state.last_error = Some(f.clone());
+            let _ = state.save(root);
+            progress.failed(&state, &f);
+            Ok(f.exit_code())
+        }
+    }
+}
+
+async fn wait(
+    root: &Root,
+    args: &AwaitTrustArgs,
+    state: &mut State,
+    progress: &mut Progress,
+) -> Result<(), Failure> {
+    let (Some(id), Some(access), true) = (
+        state.server_id.clone(),
+        state.primary.clone(),
+        state.phase >= Phase::HandedOff,
+    ) else {
+        return Err(Failure::permanent(
+            "not-provisioned",
+            "this server is not registered with a primary yet",
+            "run `gateway-firstboot provision` (gateway-firstboot.service does at boot)",
+        ));
+    };
+    let endpoint = Endpoint::from_access(&access)?;
+    let account = state.account.clone().unwrap_or_default();
+    let token = Secret::new(
+        std::fs::read_to_string(root.path(TOKEN_FILE))
+            .map_err(|e| io(format!("reading {TOKEN_FILE}"), e))?
+            .trim(),
+    );
+    let identity = Identity::load_or_create(root)?;
+    let short = short_fingerprint(&identity.fingerprint);
+    let extra = endpoint.connect_timeout + endpoint.request_timeout * 2;
+
+    if !(state.phase >= Phase::Trusted && root.path(CERT_FILE).exists()) {
+        let text = format!(
+            "waiting for an administrator to authorize server {id} on {} (account {account}); key fingerprint {short}",
+            access.url
+        );
+        progress.step(state, progress::MSG_AWAITING_TRUST, &text);
+        progress.console(&format!(
+            "Gateway {id} waits for authorization: on the primary's web page, open Server information and click Authorize. Key fingerprint {short}."
+        ));
+        let mut backoff = Backoff::new(Duration::from_secs(1), args.poll_max, args.timeout);
+        let mut primary: Option<Primary> = None;
+        loop {
+            let attempt = async {
+                if primary.is_none() {
+                    primary = Some(Primary::connect(root, &endpoint, &account, None).await?);
+                }
+                let p = primary
+                    .as_ref()
+                    .ok_or_else(|| Failure::permanent("internal", "no client", "report a bug"))?;
+                p.server(&id, &token).await
+            };
+            let waiting = match attempt.await {
+                Ok(record) if record.state == TrustState::Trusted => break,
+                Ok(record) if record.state == TrustState::Rejected => {
+                    return Err(Failure::permanent(
+                        "server-rejected",
+                        format!("an administrator rejected server {id} on the primary"),
+                        "ask the administrator; to register again, remove the server on the primary and reprovision",
+                    ));
+                }
+                Ok(_) => Failure::transient(
+                    "not-trusted",
+                    format!("not authorized yet (key {short})"),
+                    "click Authorize on the primary",
+                ),
+                Err(f) => {
+                    primary = None;
+                    f
+                }
+            };
+            let wait = backoff.next(waiting.clone())?;
+            if waiting.code != "not-trusted" {
+                state.last_error = Some(waiting.clone());
+                progress.retrying(state, &waiting, backoff.attempt, wait, extra);
+            } else {
+                Progress::extend(wait + extra);
+            }
+            tokio::time::sleep(wait).await;
+        }
+        let p = Primary::connect(root, &endpoint, &account, None).await?;
+        let bundle = p.certificate(&id, &token).await?;
+        fsutil::write_atomic(&root.path(ACCOUNT_CA_FILE), bundle.ca.as_bytes(), 0o644)
+            .map_err(|e| io(format!("writing {ACCOUNT_CA_FILE}"), e))?;
+        fsutil::write_atomic(&root.path(CERT_FILE), bundle.certificate.as_bytes(), 0o644)
+            .map_err(|e| io(format!("writing {CERT_FILE}"), e))?;
+        state.trust = Some(TrustState::Trusted);
+        state.save(root)?;
+        crate::commands::provision::failpoint("after-certificate");
+    }
+
+    // Prove the secure connection: mutual TLS with the new certificate.
+    let client = ClientIdentity {
+        cert_pem: std::fs::read_to_string(root.path(CERT_FILE))
+            .map_err(|e| io(format!("reading {CERT_FILE}"), e))?,
+        key_pem: identity.key_pem(),
+    };
+    let mut backoff = Backoff::new(Duration::from_secs(1), args.poll_max, args.timeout);
+    let hello = loop {
+        let attempt = async {
+            Primary::connect(root, &endpoint, &account, Some(&client))
+                .await?
+                .secure_hello()
+                .await
+        };
+        match attempt.await {
+            Ok(h) => break h,
+            Err(f) => {
+                let wait = backoff.next(f.clone())?;
+                progress.retrying(state, &f, backoff.attempt, wait, extra);
+                tokio::time::sleep(wait).await;
+            }
+        }
+    };
+    state.trust = Some(TrustState::Trusted);
+    state.advance(root, Phase::Trusted)?;
+    progress.step(
+        state,
+        progress::MSG_TRUSTED,
+        &format!(
+            "trusted: secure connection to {} established as {} at {}",
+            access.url, hello.server_id, hello.at
+        ),
+    );
+    progress.console(&format!(
+        "Gateway {id} is trusted by {} (account {account}); secure connection established.",
+        access.url
+    ));
+    notify_gateway(root, args);
+    Ok(())
+}
+
+/// Runs the notify command (default on the real system: restart the gateway if it runs).
+/// A failure here is reported, not fatal: the gateway also reads the certificate on start.
+fn notify_gateway(root: &Root, args: &AwaitTrustArgs) {
+    let command = match &args.notify_command {
+        Some(c) if c.trim().is_empty() || c == "none" => return,
+        Some(c) => c.clone(),
+        None if root.is_host() => DEFAULT_NOTIFY.to_string(),
+        None => {
+            log::info!("under --root: not running `{DEFAULT_NOTIFY}`");
+            return;
+        }
+    };
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let Some((program, rest)) = words.split_first() else {
+        return;
+    };
+    match std::process::Command::new(program).args(rest).status() {
+        Ok(s) if s.success() => println!("gateway-firstboot: told the gateway: {command}"),
+        Ok(s) => println!("gateway-firstboot: warning: `{command}` exited with {s}"),
+        Err(e) => println!("gateway-firstboot: warning: running `{command}`: {e}"),
+    }
+}

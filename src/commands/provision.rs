@@ -1,0 +1,421 @@
+//! `provision`: settings → DNS self-check → connect and validate → register → hand off.
+//! Each step's result is on disk before the next starts; run again after a power cut, it
+//! resumes (the identity is kept, registration is idempotent, handoff is repeatable).
+
+use crate::cli::ProvisionArgs;
+use crate::dns;
+use crate::exit;
+use crate::failure::{Failure, io};
+use crate::fsutil;
+use crate::handoff;
+use crate::identity::{self, Identity};
+use crate::primary::{Endpoint, Primary};
+use crate::progress::{self, Progress};
+use crate::protocol::{DnsReport, DnsStatus, Registration, TrustState, short_fingerprint};
+use crate::retry::Backoff;
+use crate::root::Root;
+use crate::settings::{self, Settings, validate::DnsCheck};
+use crate::state::{DONE_MARKER, Phase, State, TOKEN_FILE};
+use std::time::Duration;
+
+/// Backoff for provisioning retries.
+const BASE: Duration = Duration::from_secs(1);
+const CAP: Duration = Duration::from_secs(60);
+
+/// Stops the process here, as a power cut would, when tests ask for it (feature `failpoints`).
+pub fn failpoint(name: &str) {
+    #[cfg(feature = "failpoints")]
+    if std::env::var("GATEWAY_FIRSTBOOT_FAILPOINT").as_deref() == Ok(name) {
+        eprintln!("gateway-firstboot: failpoint {name}: stopping as a power cut would");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+    let _ = name;
+}
+
+pub async fn run(root: &Root, args: &ProvisionArgs) -> anyhow::Result<u8> {
+    let mut progress = Progress::new(root);
+    let mut state = match State::load(root) {
+        Ok(s) => s,
+        Err(f) => {
+            progress.failed(&State::default(), &f);
+            return Ok(f.exit_code());
+        }
+    };
+    if state.phase >= Phase::HandedOff && root.path(DONE_MARKER).exists() {
+        println!(
+            "gateway-firstboot: already provisioned: server {} ({})",
+            state.server_id.as_deref().unwrap_or("?"),
+            progress::describe(state.phase)
+        );
+        progress.write_status(&state);
+        progress.ready();
+        return Ok(exit::OK);
+    }
+    match steps(root, args, &mut state, &mut progress).await {
+        Ok(()) => Ok(exit::OK),
+        Err(f) => {
+            state.last_error = Some(f.clone());
+            let _ = state.save(root);
+            progress.failed(&state, &f);
+            Ok(f.exit_code())
+        }
+    }
+}
+
+async fn steps(
+    root: &Root,
+    args: &ProvisionArgs,
+    state: &mut State,
+    progress: &mut Progress,
+) -> Result<(), Failure> {
+    progress.step(state, progress::MSG_STARTED, "provisioning this gateway");
+    if state.phase < Phase::Registered {
+        let settings = settings_step(root, args, state, progress)?;
+        failpoint("after-validate");
+        let report = dns_step(root, &settings, state, progress).await?;
+        failpoint("after-dns");
+        let primary = connect_step(root, &settings, state, progress).await?;
+        failpoint("after-connect");
+        register_step(root, &settings, &primary, report, state, progress).await?;
+    } else {
+        progress.step(
+            state,
+            progress::MSG_STARTED,
+            "resuming: this server is registered already",
+        );
+    }
+    handoff_step(root, state, progress)
+}
+
+/// Collects and validates the settings; every problem is printed, errors stop.
+fn settings_step(
+    root: &Root,
+    args: &ProvisionArgs,
+    state: &mut State,
+    progress: &mut Progress,
+) -> Result<Settings, Failure> {
+    let collected = super::load(root, &args.settings);
+    let (settings, problems) = settings::validate(root, &collected);
+    let mut out = std::io::stdout().lock();
+    let _ = super::check::print_problems(&mut out, &problems);
+    drop(out);
+    state.warnings = problems
+        .iter()
+        .filter(|p| !p.is_error())
+        .map(|p| format!("{}: {}", p.subject, p.message))
+        .collect();
+    let Some(settings) = settings else {
+        if !collected.has_seed() {
+            return Err(Failure::permanent(
+                "no-settings",
+                "no provisioning settings found",
+                "give gateway.primary= and gateway.account= on the kernel command line, write /etc/gateway/seed.toml, \
+                 put seed.toml on a FAT stick labelled GWSEED, or run `gateway-firstboot install`",
+            ));
+        }
+        let errors: Vec<_> = problems.iter().filter(|p| p.is_error()).collect();
+        let first = errors
+            .first()
+            .map(|p| format!("{}: {}", p.subject, p.message))
+            .unwrap_or_default();
+        log::error!(MESSAGE_ID = progress::MSG_SETTINGS_INVALID; "{} invalid setting(s); first: {first}", errors.len());
+        return Err(Failure::permanent(
+            "settings-invalid",
+            format!("{} setting(s) invalid; first: {first}", errors.len()),
+            errors
+                .first()
+                .and_then(|p| p.fix.clone())
+                .unwrap_or_else(|| "run `gateway-firstboot check`".into()),
+        ));
+    };
+    let endpoint = Endpoint::from_settings(&settings);
+    state.account = Some(settings.account.clone());
+    state.primary = Some(endpoint.access());
+    state.api_key_is_default = settings.api_key_is_default;
+    state.advance(root, Phase::Validated)?;
+    let key = if settings.api_key_is_default {
+        "the default restricted key"
+    } else {
+        "the given API key"
+    };
+    progress.step(
+        state,
+        progress::MSG_STARTED,
+        &format!(
+            "settings: primary {}, account {}, {key}",
+            settings.primary, settings.account
+        ),
+    );
+    Ok(settings)
+}
+
+/// Sets the host name the seed asks for: /etc/hostname always, the kernel's on the real system.
+fn apply_hostname(root: &Root, name: &str) -> Result<(), Failure> {
+    let path = root.path("/etc/hostname");
+    let current = std::fs::read_to_string(&path).unwrap_or_default();
+    if current.trim() != name {
+        fsutil::write_atomic(&path, format!("{name}\n").as_bytes(), 0o644)
+            .map_err(|e| io("writing /etc/hostname", e))?;
+    }
+    if root.is_host() {
+        let short = name.split('.').next().unwrap_or(name);
+        if let Err(e) = nix::unistd::sethostname(short) {
+            log::warn!("setting the host name to {short}: {e}");
+        }
+    }
+    Ok(())
+}
+
+async fn dns_step(
+    root: &Root,
+    settings: &Settings,
+    state: &mut State,
+    progress: &mut Progress,
+) -> Result<DnsReport, Failure> {
+    if let Some(name) = &settings.hostname {
+        apply_hostname(root, name)?;
+    }
+    let (host, fqdn) = dns::names(root, settings.hostname.as_deref());
+    state.hostname = Some(fqdn.clone().unwrap_or_else(|| host.clone()));
+    if settings.dns_check == DnsCheck::Off {
+        let report = DnsReport {
+            status: DnsStatus::Skipped,
+            fqdn: fqdn.unwrap_or(host),
+            resolved: vec![],
+            reverse: vec![],
+        };
+        state.dns = Some(report.clone());
+        state.advance(root, Phase::DnsChecked)?;
+        progress.step(state, progress::MSG_DNS_OK, "DNS self-check is off");
+        return Ok(report);
+    }
+    let own = dns::own_addresses();
+    let resolver = dns::resolver(root, &settings.nameservers);
+    let mut backoff = Backoff::new(BASE, CAP, settings.deadline);
+    let outcome = loop {
+        let outcome = dns::check(
+            resolver.as_ref().map_err(String::as_str),
+            &host,
+            fqdn.as_deref(),
+            &own,
+        )
+        .await;
+        if outcome.report.status == DnsStatus::Ok || settings.dns_check == DnsCheck::Warn {
+            break outcome;
+        }
+        let failure = Failure::transient(
+            "dns-missing",
+            format!("waiting for DNS (dns-check = require): {}", outcome.summary),
+            match outcome.records_to_create.as_slice() {
+                [] => "fix this server's name or DNS settings".to_string(),
+                records => format!("create the record: {}", records.join("; ")),
+            },
+        );
+        state.dns = Some(outcome.report.clone());
+        state.dns_records_missing = outcome.records_to_create.clone();
+        let wait = backoff.next(failure.clone())?;
+        state.last_error = Some(failure.clone());
+        progress.retrying(
+            state,
+            &failure,
+            backoff.attempt,
+            wait,
+            Duration::from_secs(10),
+        );
+        tokio::time::sleep(wait).await;
+    };
+    state.dns = Some(outcome.report.clone());
+    state.dns_records_missing = outcome.records_to_create.clone();
+    if outcome.report.status == DnsStatus::Ok {
+        state.advance(root, Phase::DnsChecked)?;
+        progress.step(state, progress::MSG_DNS_OK, &outcome.summary);
+    } else {
+        state.warnings.push(outcome.summary.clone());
+        state.advance(root, Phase::DnsChecked)?;
+        progress.step(
+            state,
+            progress::MSG_DNS_MISSING,
+            &format!("warning: {}", outcome.summary),
+        );
+        for record in &outcome.records_to_create {
+            println!("gateway-firstboot: create this DNS record: {record}");
+        }
+    }
+    Ok(outcome.report)
+}
+
+async fn connect_step(
+    root: &Root,
+    settings: &Settings,
+    state: &mut State,
+    progress: &mut Progress,
+) -> Result<Primary, Failure> {
+    let endpoint = Endpoint::from_settings(settings);
+    let mut backoff = Backoff::new(BASE, CAP, settings.deadline);
+    let extra = settings.connect_timeout + settings.request_timeout * 2;
+    let (primary, info, skew) = loop {
+        let attempt = async {
+            let primary = Primary::connect(root, &endpoint, &settings.account, None).await?;
+            let skew = primary.health().await?;
+            let info = primary.account_info(&settings.api_key).await?;
+            Ok::<_, Failure>((primary, info, skew))
+        };
+        match attempt.await {
+            Ok(done) => break done,
+            Err(f) => {
+                let wait = backoff.next(f.clone())?;
+                state.last_error = Some(f.clone());
+                progress.retrying(state, &f, backoff.attempt, wait, extra);
+                tokio::time::sleep(wait).await;
+            }
+        }
+    };
+    if let Some(skew) = skew.filter(|s| *s > Duration::from_secs(300)) {
+        state.warnings.push(format!(
+            "this server's clock is {}s away from the primary's; check NTP",
+            skew.as_secs()
+        ));
+    }
+    state.advance(root, Phase::Connected)?;
+    let kind = match info.key_kind {
+        crate::protocol::KeyKind::Restricted => "restricted",
+        crate::protocol::KeyKind::Full => "full",
+    };
+    let auto = if info.auto_trust {
+        ", servers it registers are trusted automatically"
+    } else {
+        ""
+    };
+    progress.step(
+        state,
+        progress::MSG_CONNECTED,
+        &format!(
+            "connected to {}: account {} exists, API key accepted ({kind}{auto})",
+            settings.primary, info.account
+        ),
+    );
+    Ok(primary)
+}
+
+async fn register_step(
+    root: &Root,
+    settings: &Settings,
+    primary: &Primary,
+    report: DnsReport,
+    state: &mut State,
+    progress: &mut Progress,
+) -> Result<(), Failure> {
+    let identity = Identity::load_or_create(root)?;
+    failpoint("after-key");
+    let hostname = state.hostname.clone().unwrap_or_default();
+    let short_host = hostname.split('.').next().unwrap_or(&hostname).to_string();
+    let fqdn = hostname.contains('.').then(|| hostname.clone());
+    let registration = Registration {
+        machine_id: identity::machine_id(root)?,
+        hostname: short_host.clone(),
+        fqdn: fqdn.clone(),
+        addresses: dns::own_addresses(),
+        dns: report,
+        serial: identity::dmi_serial(root),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        csr: identity.csr(root, &short_host, fqdn.as_deref())?,
+    };
+    failpoint("before-register");
+    let mut backoff = Backoff::new(BASE, CAP, settings.deadline);
+    let extra = settings.connect_timeout + settings.request_timeout * 2;
+    let response = loop {
+        match primary.register(&settings.api_key, &registration).await {
+            Ok(r) => break r,
+            Err(f) => {
+                let wait = backoff.next(f.clone())?;
+                state.last_error = Some(f.clone());
+                progress.retrying(state, &f, backoff.attempt, wait, extra);
+                tokio::time::sleep(wait).await;
+            }
+        }
+    };
+    failpoint("after-register");
+    let server = response.server;
+    if server.state == TrustState::Rejected {
+        return Err(Failure::permanent(
+            "server-rejected",
+            format!(
+                "an administrator rejected server {} on the primary",
+                server.server_id
+            ),
+            "ask the administrator; to register again, remove the server on the primary and reprovision",
+        ));
+    }
+    fsutil::write_atomic(
+        &root.path(TOKEN_FILE),
+        response.server_token.expose().as_bytes(),
+        0o600,
+    )
+    .map_err(|e| io(format!("writing {TOKEN_FILE}"), e))?;
+    state.server_id = Some(server.server_id.clone());
+    state.key_fingerprint = Some(identity.fingerprint.clone());
+    state.trust = Some(server.state);
+    state.advance(root, Phase::Registered)?;
+    let trust = match server.state {
+        TrustState::Trusted => "trusted automatically",
+        _ => "not trusted until an administrator clicks Authorize",
+    };
+    progress.step(
+        state,
+        progress::MSG_REGISTERED,
+        &format!(
+            "registered as {} in account {}: {trust}; key fingerprint {}",
+            server.server_id,
+            server.account,
+            short_fingerprint(&identity.fingerprint)
+        ),
+    );
+    failpoint("after-register-saved");
+    Ok(())
+}
+
+fn handoff_step(root: &Root, state: &mut State, progress: &mut Progress) -> Result<(), Failure> {
+    handoff::write_gateway_config(root, state)?;
+    failpoint("after-gateway-config");
+    let leftovers = handoff::scrub_api_key(root);
+    state.warnings.extend(leftovers);
+    failpoint("after-scrub");
+    let id = state.server_id.clone().unwrap_or_default();
+    handoff::mark_done(root, &id)?;
+    state.advance(root, Phase::HandedOff)?;
+    failpoint("after-done");
+    let primary = state
+        .primary
+        .as_ref()
+        .map(|p| p.url.clone())
+        .unwrap_or_default();
+    let account = state.account.clone().unwrap_or_default();
+    let short = state
+        .key_fingerprint
+        .as_deref()
+        .map(short_fingerprint)
+        .unwrap_or_default();
+    let mut line = match state.trust {
+        Some(TrustState::Trusted) => {
+            format!("Gateway {id} is registered with {primary} (account {account}) and trusted.")
+        }
+        _ => format!(
+            "Gateway {id} is registered with {primary} (account {account}) but NOT TRUSTED yet: \
+             an administrator must click Authorize for key {short}."
+        ),
+    };
+    if !state.dns_records_missing.is_empty() {
+        line.push_str(&format!(
+            " DNS record missing: {}.",
+            state.dns_records_missing.join("; ")
+        ));
+    }
+    progress.console(&line);
+    progress.step(
+        state,
+        progress::MSG_HANDED_OFF,
+        &format!("handed off to the gateway (server {id}, key {short})"),
+    );
+    progress.ready();
+    Ok(())
+}

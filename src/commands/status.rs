@@ -1,0 +1,98 @@
+//! `status`: where provisioning stands, from the persisted state. Exit status: 0 trusted,
+//! 1 failed, 2 trusted with warnings, 3 waiting for authorization, 4 in progress.
+
+use crate::cli::StatusArgs;
+use crate::progress;
+use crate::protocol::{TrustState, short_fingerprint};
+use crate::root::Root;
+use crate::state::{Phase, State};
+use std::time::{Duration, Instant};
+
+pub const TRUSTED: u8 = 0;
+pub const FAILED: u8 = 1;
+pub const WARNINGS: u8 = 2;
+pub const WAITING: u8 = 3;
+pub const IN_PROGRESS: u8 = 4;
+
+fn verdict(state: &State) -> (u8, &'static str) {
+    let failed = state.trust == Some(TrustState::Rejected)
+        || state.last_error.as_ref().is_some_and(|e| e.permanent);
+    match state.phase {
+        _ if failed => (FAILED, "failed"),
+        Phase::Trusted if state.warnings.is_empty() => (TRUSTED, "trusted"),
+        Phase::Trusted => (WARNINGS, "trusted-with-warnings"),
+        Phase::HandedOff => (WAITING, "waiting-for-authorization"),
+        _ => (IN_PROGRESS, "in-progress"),
+    }
+}
+
+pub async fn run(root: &Root, args: &StatusArgs) -> anyhow::Result<u8> {
+    let started = Instant::now();
+    let (state, code, word) = loop {
+        let state = match State::load(root) {
+            Ok(s) => s,
+            Err(f) => {
+                println!("error: {f}");
+                return Ok(FAILED);
+            }
+        };
+        let (code, word) = verdict(&state);
+        let timed_out = args
+            .timeout
+            .is_some_and(|t| started.elapsed() >= Duration::from_secs(t));
+        if !args.wait || code != IN_PROGRESS || timed_out {
+            break (state, code, word);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    if args.json {
+        let doc = serde_json::json!({
+            "status": word,
+            "exit": code,
+            "phase": state.phase,
+            "server_id": state.server_id,
+            "account": state.account,
+            "primary": state.primary.as_ref().map(|p| p.url.clone()),
+            "trust": state.trust,
+            "key_fingerprint": state.key_fingerprint,
+            "short_fingerprint": state.key_fingerprint.as_deref().map(short_fingerprint),
+            "dns": state.dns,
+            "dns_records_missing": state.dns_records_missing,
+            "warnings": state.warnings,
+            "last_error": state.last_error,
+            "updated": state.updated,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(code);
+    }
+    println!("status:      {word} ({})", progress::describe(state.phase));
+    if let Some(id) = &state.server_id {
+        println!("server:      {id}");
+    }
+    if let Some(a) = &state.account {
+        println!("account:     {a}");
+    }
+    if let Some(p) = &state.primary {
+        println!("primary:     {}", p.url);
+    }
+    if let Some(fp) = &state.key_fingerprint {
+        println!("key:         {} ({fp})", short_fingerprint(fp));
+    }
+    if let Some(d) = &state.dns {
+        let status = serde_json::to_value(d.status)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        println!("dns:         {} {status}", d.fqdn);
+        for r in &state.dns_records_missing {
+            println!("             create: {r}");
+        }
+    }
+    for w in &state.warnings {
+        println!("warning:     {w}");
+    }
+    if let Some(e) = &state.last_error {
+        println!("last error:  {} [{}]\n  fix: {}", e.message, e.code, e.fix);
+    }
+    Ok(code)
+}

@@ -1,0 +1,745 @@
+//! Talking to the primary: resolve its name, TCP, TLS (the system's CA bundle plus the seed's
+//! CA, or a SHA-256 pin), then the `/api/v1` calls. Every failure becomes a [`Failure`] with a
+//! stable code, a fix, and a class (permanent or transient), as docs/provisioning.md lists.
+
+use crate::failure::Failure;
+use crate::protocol::{
+    API_PREFIX, AccountInfo, CertificateBundle, ErrorBody, ErrorCode, Health, RegisterResponse,
+    Registration, SecureHello, ServerRecord,
+};
+use crate::root::Root;
+use crate::secret::Secret;
+use crate::settings::Settings;
+use crate::state::PrimaryAccess;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use url::Url;
+
+/// Debian's bundle of the system's trusted CAs (package ca-certificates).
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// A clock this far from the primary's is reported as wrong.
+const CLOCK_TOLERANCE: Duration = Duration::from_secs(300);
+
+/// Where the primary is and how to trust it.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub url: Url,
+    /// PEM of extra CA certificates to trust (the seed's primary-ca).
+    pub ca_pem: Option<String>,
+    pub pin: Option<[u8; 32]>,
+    pub nameservers: Vec<SocketAddr>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub insecure_http: bool,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Endpoint {
+    pub fn from_settings(s: &Settings) -> Endpoint {
+        Endpoint {
+            url: s.primary.clone(),
+            ca_pem: s.primary_ca.clone(),
+            pin: s.primary_ca_sha256,
+            nameservers: s.nameservers.clone(),
+            connect_timeout: s.connect_timeout,
+            request_timeout: s.request_timeout,
+            insecure_http: s.insecure_http,
+        }
+    }
+
+    /// What the state file keeps, so the trust step can reach the primary after a reboot.
+    pub fn access(&self) -> PrimaryAccess {
+        PrimaryAccess {
+            url: self.url.to_string(),
+            ca_pem: self.ca_pem.clone(),
+            pin: self.pin.map(|p| hex(&p)),
+            nameservers: self.nameservers.iter().map(ToString::to_string).collect(),
+            connect_timeout_secs: self.connect_timeout.as_secs(),
+            request_timeout_secs: self.request_timeout.as_secs(),
+            insecure_http: self.insecure_http,
+        }
+    }
+
+    pub fn from_access(a: &PrimaryAccess) -> Result<Endpoint, Failure> {
+        let bad = |what: &str| {
+            Failure::permanent(
+                "state-corrupt",
+                format!("the saved primary {what} is unreadable"),
+                "provision again",
+            )
+        };
+        let pin = match &a.pin {
+            Some(h) if h.len() == 64 => {
+                let mut out = [0u8; 32];
+                for (i, b) in out.iter_mut().enumerate() {
+                    *b = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).map_err(|_| bad("pin"))?;
+                }
+                Some(out)
+            }
+            Some(_) => return Err(bad("pin")),
+            None => None,
+        };
+        Ok(Endpoint {
+            url: Url::parse(&a.url).map_err(|_| bad("address"))?,
+            ca_pem: a.ca_pem.clone(),
+            pin,
+            nameservers: a
+                .nameservers
+                .iter()
+                .filter_map(|s| s.parse().ok())
+                .collect(),
+            connect_timeout: Duration::from_secs(a.connect_timeout_secs.max(1)),
+            request_timeout: Duration::from_secs(a.request_timeout_secs.max(1)),
+            insecure_http: a.insecure_http,
+        })
+    }
+
+    fn host(&self) -> String {
+        match self.url.host() {
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            Some(h) => h.to_string(),
+            None => String::new(),
+        }
+    }
+}
+
+/// A client certificate and key (PEM), for the mutual-TLS call.
+pub struct ClientIdentity {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Accepts the certificates the seed trusts: with a pin, exactly a certificate whose SHA-256
+/// matches (the primary's own or one it sends in its chain); otherwise the usual web PKI
+/// checks against the system bundle plus the seed's CA.
+#[derive(Debug)]
+struct Verifier {
+    webpki: Option<Arc<WebPkiServerVerifier>>,
+    pin: Option<[u8; 32]>,
+    /// Accept anything: only for reading the primary's Date header after a time error.
+    accept_any: bool,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Verifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.accept_any {
+            return Ok(ServerCertVerified::assertion());
+        }
+        if let Some(pin) = self.pin {
+            let matches = std::iter::once(end_entity)
+                .chain(intermediates)
+                .any(|c| Sha256::digest(c.as_ref()).as_slice() == pin);
+            return if matches {
+                Ok(ServerCertVerified::assertion())
+            } else {
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::ApplicationVerificationFailure,
+                ))
+            };
+        }
+        match &self.webpki {
+            Some(v) => v.verify_server_cert(end_entity, intermediates, server_name, ocsp, now),
+            None => Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Failure {
+    Failure::permanent("internal", e.to_string(), "report a bug")
+}
+
+fn tls_config(
+    root: &Root,
+    ep: &Endpoint,
+    identity: Option<&ClientIdentity>,
+    accept_any: bool,
+) -> Result<rustls::ClientConfig, Failure> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    if let Ok(bundle) = std::fs::read(root.path(SYSTEM_CA_BUNDLE)) {
+        let certs = CertificateDer::pem_slice_iter(&bundle).filter_map(Result::ok);
+        roots.add_parsable_certificates(certs);
+    }
+    if let Some(pem) = &ep.ca_pem {
+        roots.add_parsable_certificates(
+            CertificateDer::pem_slice_iter(pem.as_bytes()).filter_map(Result::ok),
+        );
+    }
+    let webpki = if roots.is_empty() {
+        None
+    } else {
+        Some(
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(internal)?,
+        )
+    };
+    let verifier = Arc::new(Verifier {
+        webpki,
+        pin: ep.pin,
+        accept_any,
+        provider: provider.clone(),
+    });
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(internal)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(id) => {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(id.cert_pem.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .map_err(internal)?;
+            let key = PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes()).map_err(internal)?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(internal)?
+        }
+    };
+    Ok(config)
+}
+
+/// A connection to the primary, its name already resolved.
+pub struct Primary {
+    endpoint: Endpoint,
+    root: Root,
+    http: reqwest::Client,
+    /// Context for messages: the account domain being validated.
+    pub account: String,
+}
+
+async fn resolve(root: &Root, ep: &Endpoint) -> Result<Vec<SocketAddr>, Failure> {
+    let host = ep.host();
+    let port = ep.url.port_or_known_default().unwrap_or(443);
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let fix = "check the primary address and this server's DNS settings (nameservers in the seed, or DHCP)";
+    let resolver = crate::dns::resolver(root, &ep.nameservers).map_err(|why| {
+        Failure::transient(
+            "primary-dns",
+            format!("cannot resolve the primary's name {host}: {why}"),
+            fix,
+        )
+    })?;
+    let lookup = resolver.lookup_ip(format!("{host}.")).await.map_err(|e| {
+        let why = if e.is_no_records_found() || e.is_nx_domain() {
+            "no such name in DNS".to_string()
+        } else {
+            e.to_string()
+        };
+        Failure::transient(
+            "primary-dns",
+            format!("cannot resolve the primary's name {host}: {why}"),
+            fix,
+        )
+    })?;
+    Ok(lookup.iter().map(|ip| SocketAddr::new(ip, port)).collect())
+}
+
+fn build_client(
+    root: &Root,
+    ep: &Endpoint,
+    addrs: &[SocketAddr],
+    identity: Option<&ClientIdentity>,
+    accept_any: bool,
+) -> Result<reqwest::Client, Failure> {
+    let mut b = reqwest::Client::builder()
+        .use_preconfigured_tls(tls_config(root, ep, identity, accept_any)?)
+        .connect_timeout(ep.connect_timeout)
+        .timeout(ep.request_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .https_only(!ep.insecure_http)
+        .user_agent(concat!("gateway-firstboot/", env!("CARGO_PKG_VERSION")));
+    let host = ep.host();
+    if host.parse::<IpAddr>().is_err() {
+        b = b.resolve_to_addrs(&host, addrs);
+    }
+    b.build().map_err(internal)
+}
+
+/// Finds the first error of type `E` in a chain, looking inside `io::Error`s too.
+fn find<'a, E: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(hit) = e.downcast_ref::<E>() {
+            return Some(hit);
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+            && let Some(hit) = find::<E>(inner)
+        {
+            return Some(hit);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// What went wrong in a TLS certificate check, before the clock is looked at.
+enum CertProblem {
+    Time,
+    Other(Failure),
+}
+
+fn cert_problem(e: &CertificateError, host: &str) -> CertProblem {
+    let fix = "set primary-ca to the primary's CA certificate (or primary-ca-sha256), or check the primary address";
+    let failure = |m: String| CertProblem::Other(Failure::permanent("tls-certificate", m, fix));
+    match e {
+        CertificateError::Expired
+        | CertificateError::ExpiredContext { .. }
+        | CertificateError::NotValidYet
+        | CertificateError::NotValidYetContext { .. } => CertProblem::Time,
+        CertificateError::ApplicationVerificationFailure => CertProblem::Other(Failure::permanent(
+            "tls-pin-mismatch",
+            format!("no certificate {host} presented matches primary-ca-sha256"),
+            "check the pin against `openssl x509 -noout -fingerprint -sha256` of the primary's certificate or CA",
+        )),
+        CertificateError::UnknownIssuer => failure(format!(
+            "the certificate of {host} is not signed by a trusted CA"
+        )),
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            failure(format!("the certificate of {host} is not for that name"))
+        }
+        other => failure(format!(
+            "the certificate of {host} is not acceptable: {other:?}"
+        )),
+    }
+}
+
+impl Primary {
+    /// Resolves the primary's name and prepares a client (no traffic to the primary yet).
+    pub async fn connect(
+        root: &Root,
+        endpoint: &Endpoint,
+        account: &str,
+        identity: Option<&ClientIdentity>,
+    ) -> Result<Primary, Failure> {
+        let addrs = resolve(root, endpoint).await?;
+        let http = build_client(root, endpoint, &addrs, identity, false)?;
+        Ok(Primary {
+            endpoint: endpoint.clone(),
+            root: root.clone(),
+            http,
+            account: account.to_string(),
+        })
+    }
+
+    fn url(&self, path: &str) -> Result<Url, Failure> {
+        self.endpoint
+            .url
+            .join(&format!("{}{path}", API_PREFIX.trim_start_matches('/')))
+            .map_err(internal)
+    }
+
+    fn host(&self) -> String {
+        self.endpoint.host()
+    }
+
+    /// Maps a failure to send or receive.
+    async fn transport_failure(&self, e: &reqwest::Error) -> Failure {
+        let host = self.host();
+        if let Some(tls) = find::<rustls::Error>(e) {
+            return match tls {
+                rustls::Error::InvalidCertificate(c) => match cert_problem(c, &host) {
+                    CertProblem::Other(f) => f,
+                    CertProblem::Time => self.clock_or_certificate().await,
+                },
+                other => Failure::permanent(
+                    "tls-handshake",
+                    format!("the TLS handshake with {host} failed: {other}"),
+                    "check that the primary address points at the primary's HTTPS port",
+                ),
+            };
+        }
+        let reach =
+            "check the primary address, this server's network and any firewall between them";
+        if let Some(io) = find::<std::io::Error>(e) {
+            use std::io::ErrorKind::*;
+            match io.kind() {
+                ConnectionRefused => {
+                    return Failure::transient(
+                        "primary-refused",
+                        format!("{host} refused the connection"),
+                        "check that the primary is running and the port is right",
+                    );
+                }
+                HostUnreachable | NetworkUnreachable | NetworkDown => {
+                    return Failure::transient(
+                        "primary-unreachable",
+                        format!("no route to {host}"),
+                        reach,
+                    );
+                }
+                TimedOut => {
+                    return Failure::transient(
+                        "primary-timeout",
+                        format!("{host} did not answer in time"),
+                        reach,
+                    );
+                }
+                ConnectionReset | ConnectionAborted | UnexpectedEof | BrokenPipe => {
+                    return Failure::transient(
+                        "primary-reset",
+                        format!("{host} closed the connection"),
+                        reach,
+                    );
+                }
+                _ => {}
+            }
+        }
+        if e.is_timeout() {
+            return Failure::transient(
+                "primary-timeout",
+                format!("{host} did not answer in time"),
+                reach,
+            );
+        }
+        if e.is_connect() {
+            return Failure::transient(
+                "primary-unreachable",
+                format!("cannot connect to {host}"),
+                reach,
+            );
+        }
+        Failure::transient(
+            "primary-unreachable",
+            format!("talking to {host} failed: {}", without_url(e)),
+            reach,
+        )
+    }
+
+    /// After a "certificate expired / not yet valid" error: asks the primary for its Date
+    /// (a plain health request, nothing secret sent) to tell a wrong local clock from a bad
+    /// certificate.
+    async fn clock_or_certificate(&self) -> Failure {
+        let host = self.host();
+        let expired = Failure::permanent(
+            "tls-certificate",
+            format!("the certificate of {host} has expired or is not valid yet"),
+            "renew the primary's certificate",
+        );
+        let Ok(addrs) = resolve(&self.root, &self.endpoint).await else {
+            return expired;
+        };
+        let Ok(probe) = build_client(&self.root, &self.endpoint, &addrs, None, true) else {
+            return expired;
+        };
+        let Ok(url) = self.url("/health") else {
+            return expired;
+        };
+        let Ok(resp) = probe.get(url).send().await else {
+            return expired;
+        };
+        match clock_skew(resp.headers()) {
+            Some((skew, theirs)) if skew > CLOCK_TOLERANCE => Failure::transient(
+                "clock-wrong",
+                format!(
+                    "this server's clock ({}) is {}s away from the primary's ({}), so its certificate looks invalid",
+                    crate::state::now_rfc3339(),
+                    skew.as_secs(),
+                    httpdate::fmt_http_date(theirs)
+                ),
+                "set the clock (timedatectl set-time, or fix NTP); provisioning retries on its own",
+            ),
+            _ => expired,
+        }
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(T, reqwest::header::HeaderMap), Failure> {
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => return Err(self.transport_failure(&e).await),
+        };
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => return Err(self.transport_failure(&e).await),
+        };
+        if status.is_success() {
+            return serde_json::from_slice(&body)
+                .map(|v| (v, headers))
+                .map_err(|e| {
+                    Failure::permanent(
+                        "not-a-primary",
+                        format!(
+                            "{} answered, but not with the registration protocol ({e})",
+                            self.host()
+                        ),
+                        "check that the primary address points at the primary server",
+                    )
+                });
+        }
+        let mut failure = self.error_failure(status.as_u16(), &body);
+        failure.retry_after = retry_after(&headers);
+        Err(failure)
+    }
+
+    fn error_failure(&self, status: u16, body: &[u8]) -> Failure {
+        let account = &self.account;
+        let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
+        let code = parsed.as_ref().map(|b| b.code);
+        let said = parsed
+            .as_ref()
+            .map(|b| b.message.clone())
+            .unwrap_or_default();
+        use ErrorCode::*;
+        match code {
+            Some(KeyInvalid) | Some(Unauthenticated) => Failure::permanent(
+                "key-rejected",
+                "the primary rejected the API key",
+                "copy the API key again from the account settings, or leave it blank for the default restricted key",
+            ),
+            Some(KeyExpired) => Failure::permanent(
+                "key-expired",
+                "the API key has expired",
+                "create a new API key in the account settings",
+            ),
+            Some(KeyIpNotAllowed) => Failure::permanent(
+                "key-ip-not-allowed",
+                "the API key may not be used from this server's address",
+                "allow this server's address for the key in the account settings, or use another key",
+            ),
+            Some(KeyAccountMismatch) => Failure::permanent(
+                "key-account-mismatch",
+                format!("the API key belongs to another account, not {account}"),
+                "check the account domain name, or use a key of this account",
+            ),
+            Some(KeyRestricted) => Failure::permanent(
+                "key-restricted",
+                "the primary does not allow a restricted API key for this",
+                "use a full API key from the account settings",
+            ),
+            Some(AccountUnknown) => Failure::permanent(
+                "account-unknown",
+                format!("the primary has no account with the domain name {account}"),
+                "check the account domain name (Account settings on the primary show it)",
+            ),
+            Some(ServerRejected) => Failure::permanent(
+                "server-rejected",
+                "an administrator rejected this server on the primary",
+                "ask the administrator; to register again, remove the server on the primary and reprovision",
+            ),
+            Some(IdentityConflict) => Failure::permanent(
+                "identity-conflict",
+                "the primary knows this machine as a trusted server with another key",
+                "remove the old server on the primary, then provision again",
+            ),
+            Some(RateLimited) => Failure::transient(
+                "rate-limited",
+                "the primary asked to slow down",
+                "nothing: the agent waits as asked",
+            ),
+            Some(TokenInvalid) | Some(ServerUnknown) => Failure::permanent(
+                "registration-lost",
+                format!("the primary no longer knows this server ({said})"),
+                "remove /var/lib/gateway-firstboot and provision again",
+            ),
+            _ if status == 429 => Failure::transient(
+                "rate-limited",
+                "the primary asked to slow down",
+                "nothing: the agent waits as asked",
+            ),
+            _ if status >= 500 => Failure::transient(
+                "primary-error",
+                format!(
+                    "the primary failed (HTTP {status}{})",
+                    if said.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {said}")
+                    }
+                ),
+                "nothing: the agent retries; if it lasts, check the primary",
+            ),
+            _ if parsed.is_none() => Failure::permanent(
+                "not-a-primary",
+                format!(
+                    "{} answered HTTP {status}, not the registration protocol",
+                    self.host()
+                ),
+                "check that the primary address points at the primary server",
+            ),
+            _ => Failure::permanent(
+                "protocol",
+                format!("the primary refused the request (HTTP {status}): {said}"),
+                "report this with the agent's version",
+            ),
+        }
+    }
+
+    /// TLS, clock and liveness: `GET /health`. Returns the clock skew if the primary sent Date.
+    pub async fn health(&self) -> Result<Option<Duration>, Failure> {
+        let (_, headers): (Health, _) = self.call(self.http.get(self.url("/health")?)).await?;
+        Ok(clock_skew(&headers).map(|(skew, _)| skew))
+    }
+
+    pub async fn account_info(&self, key: &Secret) -> Result<AccountInfo, Failure> {
+        let url = self.url(&format!("/accounts/{}", self.account))?;
+        Ok(self
+            .call(self.http.get(url).bearer_auth(key.expose()))
+            .await?
+            .0)
+    }
+
+    pub async fn register(
+        &self,
+        key: &Secret,
+        reg: &Registration,
+    ) -> Result<RegisterResponse, Failure> {
+        let url = self.url(&format!("/accounts/{}/servers", self.account))?;
+        Ok(self
+            .call(self.http.post(url).bearer_auth(key.expose()).json(reg))
+            .await?
+            .0)
+    }
+
+    pub async fn server(&self, id: &str, token: &Secret) -> Result<ServerRecord, Failure> {
+        let url = self.url(&format!("/servers/{id}"))?;
+        Ok(self
+            .call(self.http.get(url).bearer_auth(token.expose()))
+            .await?
+            .0)
+    }
+
+    pub async fn certificate(
+        &self,
+        id: &str,
+        token: &Secret,
+    ) -> Result<CertificateBundle, Failure> {
+        let url = self.url(&format!("/servers/{id}/certificate"))?;
+        Ok(self
+            .call(self.http.get(url).bearer_auth(token.expose()))
+            .await?
+            .0)
+    }
+
+    /// Over mutual TLS (the `Primary` must have been connected with a client identity).
+    pub async fn secure_hello(&self) -> Result<SecureHello, Failure> {
+        Ok(self
+            .call(self.http.get(self.url("/secure/hello")?))
+            .await?
+            .0)
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    httpdate::parse_http_date(v)
+        .ok()?
+        .duration_since(SystemTime::now())
+        .ok()
+}
+
+/// How far the primary's `Date` is from our clock, and its time.
+fn clock_skew(headers: &reqwest::header::HeaderMap) -> Option<(Duration, SystemTime)> {
+    let theirs =
+        httpdate::parse_http_date(headers.get(reqwest::header::DATE)?.to_str().ok()?).ok()?;
+    let now = SystemTime::now();
+    let skew = now
+        .duration_since(theirs)
+        .or_else(|_| theirs.duration_since(now))
+        .ok()?;
+    Some((skew, theirs))
+}
+
+/// A reqwest error's text without the URL (which is ours anyway, but keeps messages short).
+fn without_url(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    if let Some(url) = e.url() {
+        text = text.replace(&format!(" for url ({url})"), "");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_and_dates() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(reqwest::header::RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        h.insert(reqwest::header::RETRY_AFTER, later.parse().unwrap());
+        let got = retry_after(&h).unwrap();
+        assert!(
+            got > Duration::from_secs(100) && got <= Duration::from_secs(120),
+            "{got:?}"
+        );
+    }
+}
