@@ -20,6 +20,15 @@ impl Log for Stderr {
         if !self.enabled(record.metadata()) {
             return;
         }
+        // Progress events (they carry a MESSAGE_ID) are already on standard output; on a
+        // terminal one line is enough. The journal gets them with their fields.
+        if record
+            .key_values()
+            .get(log::kv::Key::from_str("MESSAGE_ID"))
+            .is_some()
+        {
+            return;
+        }
         let level = match record.level() {
             Level::Error => "error",
             Level::Warn => "warning",

@@ -595,6 +595,15 @@ impl Primary {
                 "the primary asked to slow down",
                 "nothing: the agent waits as asked",
             ),
+            Some(NotFound) => Failure::permanent(
+                "not-a-primary",
+                format!(
+                    "{} has no registration protocol at {}",
+                    self.host(),
+                    self.endpoint.url
+                ),
+                "check the primary address (host, port and any path) points at the primary server",
+            ),
             Some(TokenInvalid) | Some(ServerUnknown) => Failure::permanent(
                 "registration-lost",
                 format!("the primary no longer knows this server ({said})"),

@@ -65,9 +65,17 @@ pub fn replace_file(device: &Path, name: &str, content: &[u8]) -> io::Result<()>
     let fs = fatfs::FileSystem::new(file, fatfs::FsOptions::new())
         .map_err(|e| io::Error::new(e.kind(), format!("not a FAT filesystem: {e}")))?;
     {
+        // Overwrite in place, zeroing what the old content held beyond the new, so that no
+        // byte of it (an API key) stays behind in a freed cluster.
         let mut f = fs.root_dir().open_file(name)?;
-        f.truncate()?;
+        let old_len = f.seek(SeekFrom::End(0))?;
+        f.seek(SeekFrom::Start(0))?;
         f.write_all(content)?;
+        let rest = old_len.saturating_sub(content.len() as u64);
+        f.write_all(&vec![0u8; rest as usize])?;
+        f.flush()?;
+        f.seek(SeekFrom::Start(content.len() as u64))?;
+        f.truncate()?;
         f.flush()?;
     }
     fs.unmount()

@@ -98,7 +98,9 @@ impl Sim {
             .arg(self.tls_dir())
             .args(&self.serve_args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::File::create(self.dir.path().join("serve.stderr")).expect("stderr file"),
+            )
             .stdin(Stdio::null())
             .spawn()
             .expect("starting gateway-primary-sim");

@@ -103,7 +103,7 @@ pub async fn middleware(State(state): State<Arc<AppState>>, req: Request, next: 
 
 use futures_util::StreamExt as _;
 
-/// Parses `250ms`, `2s`, `5m`, `1h`; a bare number is milliseconds.
+/// Parses `250ms`, `2s`, `5m`, `1h`, `2d`; a bare number is milliseconds.
 pub fn parse_millis(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (num, factor) = if let Some(n) = s.strip_suffix("ms") {
@@ -114,6 +114,8 @@ pub fn parse_millis(s: &str) -> Result<u64, String> {
         (n, 60_000)
     } else if let Some(n) = s.strip_suffix('h') {
         (n, 3_600_000)
+    } else if let Some(n) = s.strip_suffix('d') {
+        (n, 86_400_000)
     } else {
         (s, 1)
     };

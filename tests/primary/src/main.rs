@@ -82,6 +82,13 @@ struct ServeArgs {
     /// Set the deployment's default restricted API key (as baked into an image)
     #[arg(long)]
     default_key: Option<String>,
+    /// Run with a clock this far off (2d, -3d): the Date header and the TLS certificate's
+    /// validity follow it, which is how a wrong clock on the appliance looks from there
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    clock_skew: Option<String>,
+    /// Shift only the TLS certificate's validity (-900d: expired), the clock stays right
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    cert_skew: Option<String>,
     #[command(flatten)]
     faults: FaultArgs,
 }
@@ -269,6 +276,7 @@ impl AppState {
 fn load_tls(
     dir: &Path,
     names: &[String],
+    skew_secs: i64,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut all: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
@@ -293,9 +301,11 @@ fn load_tls(
         read("server-key.pem"),
         read("server-names"),
     ) {
+        // A skewed clock gets a certificate of its own, not kept.
+        _ if skew_secs != 0 => pki::server_cert(&ca, &all, skew_secs)?,
         (Ok(cert), Ok(key), Ok(n)) if n.trim() == names_line => (cert, key),
         _ => {
-            let (cert, key) = pki::server_cert(&ca, &all)?;
+            let (cert, key) = pki::server_cert(&ca, &all, 0)?;
             write_private(&dir.join("server-key.pem"), &key)?;
             std::fs::write(dir.join("server.pem"), &cert)?;
             std::fs::write(dir.join("server-names"), &names_line)?;
@@ -396,7 +406,17 @@ async fn serve(db_path: &Path, args: ServeArgs) -> Result<()> {
     if start_faults != Faults::default() {
         db.set_faults_json(&serde_json::to_string(&start_faults)?)?;
     }
-    let (chain, key) = load_tls(&args.tls_dir, &args.names)?;
+    let signed_secs = |s: Option<&str>| -> Result<i64> {
+        let Some(s) = s else { return Ok(0) };
+        let (sign, rest) = s.strip_prefix('-').map_or((1, s), |r| (-1, r));
+        Ok(sign * (faults::parse_millis(rest).map_err(anyhow::Error::msg)? / 1000) as i64)
+    };
+    let skew_secs = signed_secs(args.clock_skew.as_deref())?;
+    let cert_skew = match args.cert_skew.as_deref() {
+        Some(s) => signed_secs(Some(s))?,
+        None => skew_secs,
+    };
+    let (chain, key) = load_tls(&args.tls_dir, &args.names, cert_skew)?;
     let state = Arc::new(AppState {
         db: Mutex::new(db),
         faults: RwLock::new(Faults::default()),
@@ -406,7 +426,24 @@ async fn serve(db_path: &Path, args: ServeArgs) -> Result<()> {
         tls: Mutex::new(None),
     });
     state.refresh_faults();
-    let app = router(state.clone());
+    let mut app = router(state.clone());
+    if skew_secs != 0 {
+        app = app.layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+                let mut resp = next.run(req).await;
+                let now = std::time::SystemTime::now();
+                let shifted = if skew_secs > 0 {
+                    now + Duration::from_secs(skew_secs as u64)
+                } else {
+                    now - Duration::from_secs(skew_secs.unsigned_abs())
+                };
+                if let Ok(v) = httpdate::fmt_http_date(shifted).parse() {
+                    resp.headers_mut().insert(axum::http::header::DATE, v);
+                }
+                resp
+            },
+        ));
+    }
     let mut listener = Some(
         TcpListener::bind(args.listen)
             .await

@@ -50,8 +50,9 @@ fn issuer(ca: &Ca) -> Result<Issuer<'static, KeyPair>> {
     Issuer::from_ca_cert_pem(&ca.cert, key).context("reading the CA certificate")
 }
 
-/// A TLS server certificate for `names` (DNS names or IP addresses), signed by `ca`.
-pub fn server_cert(ca: &Ca, names: &[String]) -> Result<(String, String)> {
+/// A TLS server certificate for `names` (DNS names or IP addresses), signed by `ca`, valid
+/// around now plus `skew_secs` (a simulated wrong clock).
+pub fn server_cert(ca: &Ca, names: &[String], skew_secs: i64) -> Result<(String, String)> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -68,8 +69,9 @@ pub fn server_cert(ca: &Ca, names: &[String]) -> Result<(String, String)> {
         })
         .collect::<Result<_, rcgen::Error>>()?;
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.not_before = OffsetDateTime::now_utc() - Duration::days(1);
-    params.not_after = OffsetDateTime::now_utc() + Duration::days(825);
+    let now = OffsetDateTime::now_utc() + Duration::seconds(skew_secs);
+    params.not_before = now - Duration::days(1);
+    params.not_after = now + Duration::days(825);
     params.serial_number = Some(serial());
     let cert = params.signed_by(&key, &issuer(ca)?)?;
     Ok((cert.pem(), key.serialize_pem()))

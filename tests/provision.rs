@@ -1,0 +1,932 @@
+//! `provision`, `await-trust`, `status`, `check --online`: the real binary with `--root`,
+//! against gateway-primary-sim over TLS on loopback and a real dnsmasq for DNS.
+
+mod common;
+#[path = "support/dnsmasq.rs"]
+mod dnsmasq;
+#[path = "support/sim.rs"]
+mod sim;
+
+use common::{Run, Tree};
+use dnsmasq::{Dnsmasq, host_address};
+use serde_json::Value;
+use sim::Sim;
+use std::net::IpAddr;
+use std::time::Duration;
+
+const FQDN: &str = "gw01.acme.test";
+
+struct Env {
+    sim: Sim,
+    tree: Tree,
+    dns: Option<Dnsmasq>,
+}
+
+impl Env {
+    /// A simulator with account acme.example and an appliance tree (machine ID, the image's
+    /// default key, the simulator's CA), DNS checking off.
+    fn new() -> Env {
+        Env::with_sim(Sim::start())
+    }
+
+    fn with_sim(sim: Sim) -> Env {
+        sim.ok(&["account", "add", "acme.example"]);
+        let mut tree = Tree::new();
+        tree.file("/etc/machine-id", "0123456789abcdef0123456789abcdef\n")
+            .file_mode(
+                "/usr/lib/gateway-firstboot/defaults.toml",
+                format!("api-key = \"{}\"\n", sim.default_key),
+                0o644,
+            )
+            .file_mode("/etc/gateway/primary-ca.pem", sim.ca_pem(), 0o644);
+        let mut env = Env {
+            sim,
+            tree,
+            dns: None,
+        };
+        env.seed("");
+        env
+    }
+
+    /// Adds a dnsmasq with these records; the seed then points the agent at it.
+    fn with_dns(mut self, records: &[(&str, IpAddr)]) -> Env {
+        self.dns = Some(Dnsmasq::start(records));
+        self
+    }
+
+    fn base_seed(&self) -> String {
+        let dns = match &self.dns {
+            Some(d) => format!("nameservers = [\"{}\"]\n", d.addr()),
+            None => "dns-check = \"off\"\n".to_string(),
+        };
+        format!(
+            "primary = \"127.0.0.1:{}\"\naccount = \"acme.example\"\nprimary-ca = \"/etc/gateway/primary-ca.pem\"\n\
+             hostname = \"{FQDN}\"\ndeadline = \"10s\"\nconnect-timeout = \"2s\"\nrequest-timeout = \"3s\"\n{dns}",
+            self.sim.port
+        )
+    }
+
+    /// Writes /etc/gateway/seed.toml: the base settings plus `extra` (later keys win by
+    /// replacing earlier lines of the same key).
+    fn seed(&mut self, extra: &str) {
+        let mut lines: Vec<String> = self.base_seed().lines().map(String::from).collect();
+        for line in extra.lines().filter(|l| !l.trim().is_empty()) {
+            let key = line.split('=').next().unwrap_or("").trim().to_string();
+            lines.retain(|l| l.split('=').next().unwrap_or("").trim() != key);
+            lines.push(line.to_string());
+        }
+        self.tree
+            .file("/etc/gateway/seed.toml", lines.join("\n") + "\n");
+    }
+
+    fn reseed(&mut self, extra: &str) -> &mut Self {
+        self.seed(extra);
+        self
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        self.tree.run(args)
+    }
+
+    fn status(&self) -> (i32, Value) {
+        let run = self.run(&["status", "--json"]);
+        (run.code, run.json())
+    }
+
+    fn read(&self, path: &str) -> String {
+        std::fs::read_to_string(self.tree.path(path)).unwrap_or_default()
+    }
+}
+
+fn assert_code(run: &Run, code: i32) {
+    assert_eq!(
+        run.code, code,
+        "exit status\n--- stdout\n{}\n--- stderr\n{}",
+        run.stdout, run.stderr
+    );
+}
+
+#[test]
+fn happy_path_to_trusted_then_idempotent() {
+    let env = Env::new().with_dns(&[(FQDN, host_address())]);
+    let mut env = env;
+    let full = env
+        .sim
+        .ok(&["key", "add", "acme.example", "--kind", "full"]);
+    env.reseed(&format!("api-key = \"{full}\""));
+
+    let run = env.run(&["provision"]);
+    assert_code(&run, 0);
+    assert!(
+        run.stdout.contains(&format!(
+            "DNS: {FQDN} resolves to this server ({})",
+            host_address()
+        )),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("account acme.example exists, API key accepted (full)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("not trusted until an administrator clicks Authorize"),
+        "{}",
+        run.stdout
+    );
+
+    let servers = env.sim.all_servers();
+    assert_eq!(servers.len(), 1);
+    assert_eq!(servers[0]["state"], "untrusted");
+    assert_eq!(servers[0]["fqdn"], FQDN);
+    assert_eq!(servers[0]["dns"], "ok");
+    let id = servers[0]["server_id"].as_str().unwrap().to_string();
+
+    let (code, status) = env.status();
+    assert_eq!(code, 3, "waiting for authorization");
+    assert_eq!(status["server_id"], id.as_str());
+    assert_eq!(status["key_fingerprint"], servers[0]["key_fingerprint"]);
+    let short = status["short_fingerprint"].as_str().unwrap().to_string();
+    assert!(
+        env.read("/etc/issue.d/gateway-firstboot.issue")
+            .contains(&format!(
+                "NOT TRUSTED yet: an administrator must click Authorize for key {short}"
+            ))
+    );
+    assert!(env.tree.path("/var/lib/gateway-firstboot/done").exists());
+    let config: toml::Table = env.read("/etc/gateway/gateway.toml").parse().unwrap();
+    assert_eq!(config["server-id"].as_str(), Some(id.as_str()));
+    assert_eq!(config["account"].as_str(), Some("acme.example"));
+    let seed = env.read("/etc/gateway/seed.toml");
+    assert!(
+        !seed.contains("api-key") && seed.contains("account = \"acme.example\""),
+        "key scrubbed, rest kept:\n{seed}"
+    );
+
+    // An administrator clicks Authorize; the trust step completes with mutual TLS.
+    env.sim.ok(&["authorize", &id]);
+    let run = env.run(&["await-trust", "--poll-max", "1s", "--timeout", "60s"]);
+    assert_code(&run, 0);
+    assert!(
+        run.stdout.contains(&format!(
+            "trusted: secure connection to https://127.0.0.1:{}/ established as {id}",
+            env.sim.port
+        )),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        env.read("/var/lib/gateway/identity/cert.pem")
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+    assert!(
+        env.read("/var/lib/gateway/identity/account-ca.pem")
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+    let servers = env.sim.all_servers();
+    assert_eq!(servers[0]["state"], "trusted");
+    assert!(
+        servers[0]["secure_contacts"].as_i64().unwrap() >= 1,
+        "the primary saw the mutual-TLS connection"
+    );
+    assert_eq!(env.status().0, 0, "trusted");
+
+    // Again: nothing new on the primary.
+    let again = env.run(&["provision"]);
+    assert_code(&again, 0);
+    assert!(
+        again
+            .stdout
+            .contains(&format!("already provisioned: server {id}"))
+    );
+    let servers = env.sim.all_servers();
+    assert_eq!(servers.len(), 1);
+    assert_eq!(servers[0]["registrations"], 1);
+}
+
+#[test]
+fn a_missing_dns_record_warns_and_names_the_record_to_create() {
+    let env = Env::new().with_dns(&[]);
+    let mut env = env;
+    env.reseed("");
+    let run = env.run(&["provision"]);
+    assert_code(&run, 0);
+    let record = format!("{FQDN}. IN A {}", host_address());
+    assert!(
+        run.stdout
+            .contains(&format!("create this DNS record: {record}")),
+        "{}",
+        run.stdout
+    );
+    let (code, status) = env.status();
+    assert_eq!(code, 3);
+    assert_eq!(status["dns"]["status"], "missing");
+    assert_eq!(status["dns_records_missing"][0], record.as_str());
+    assert!(
+        env.read("/etc/issue.d/gateway-firstboot.issue")
+            .contains(&format!("DNS record missing: {record}"))
+    );
+    assert_eq!(
+        env.sim.all_servers()[0]["dns"],
+        "missing",
+        "the result travels with the registration"
+    );
+}
+
+#[test]
+fn a_dns_record_pointing_elsewhere_is_a_mismatch() {
+    let elsewhere: IpAddr = "198.51.100.7".parse().unwrap();
+    let env = Env::new().with_dns(&[(FQDN, elsewhere)]);
+    let mut env = env;
+    env.reseed("");
+    let run = env.run(&["provision"]);
+    assert_code(&run, 0);
+    assert!(
+        run.stdout.contains(&format!(
+            "DNS has {FQDN} pointing at 198.51.100.7, not at this server"
+        )),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(env.status().1["dns"]["status"], "mismatch");
+}
+
+#[test]
+fn dns_require_waits_for_the_record_to_appear() {
+    let env = Env::new().with_dns(&[]);
+    let mut env = env;
+    env.reseed("dns-check = \"require\"\ndeadline = \"60s\"");
+    let port = env.dns.as_ref().unwrap().port;
+    let child = env
+        .tree
+        .command(&["provision"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        env.sim.all_servers().is_empty(),
+        "nothing registered while the record is missing"
+    );
+    env.dns.as_mut().unwrap().stop();
+    env.dns = Some(Dnsmasq::start_on(port, &[(FQDN, host_address())]));
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("waiting for DNS (dns-check = require)")
+            && stdout.contains("[dns-missing]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("DNS: {FQDN} resolves to this server")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn dns_require_gives_up_at_the_deadline_with_the_record_to_create() {
+    let env = Env::new().with_dns(&[]);
+    let mut env = env;
+    env.reseed("dns-check = \"require\"");
+    let run = env.run(&["provision"]);
+    assert_code(&run, 75);
+    assert!(run.stdout.contains("gave up after"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains(&format!(
+            "fix: create the record: {FQDN}. IN A {}",
+            host_address()
+        )),
+        "{}",
+        run.stdout
+    );
+    assert!(env.sim.all_servers().is_empty());
+    let (code, status) = env.status();
+    assert_eq!(code, 1);
+    assert_eq!(status["last_error"]["code"], "deadline");
+}
+
+/// A permanent failure: code, message, fix, exit status; nothing registered.
+struct Permanent {
+    name: &'static str,
+    setup: fn(&mut Env),
+    code: &'static str,
+    says: &'static str,
+    exit: i32,
+}
+
+const PERMANENT: &[Permanent] = &[
+    Permanent {
+        name: "unknown key",
+        setup: |e| e.seed("api-key = \"gwk_nosuchkey00000000000000\""),
+        code: "key-rejected",
+        says: "the primary rejected the API key [key-rejected]\n  fix: copy the API key again",
+        exit: 77,
+    },
+    Permanent {
+        name: "expired key",
+        setup: |e| {
+            let k = e.sim.ok(&[
+                "key",
+                "add",
+                "acme.example",
+                "--kind",
+                "full",
+                "--expires",
+                "2001-01-01T00:00:00Z",
+            ]);
+            e.seed(&format!("api-key = \"{k}\""));
+        },
+        code: "key-expired",
+        says: "the API key has expired",
+        exit: 77,
+    },
+    Permanent {
+        name: "key limited to other addresses",
+        setup: |e| {
+            let k = e.sim.ok(&[
+                "key",
+                "add",
+                "acme.example",
+                "--kind",
+                "full",
+                "--allow-ip",
+                "10.0.0.0/8",
+            ]);
+            e.seed(&format!("api-key = \"{k}\""));
+        },
+        code: "key-ip-not-allowed",
+        says: "the API key may not be used from this server's address",
+        exit: 77,
+    },
+    Permanent {
+        name: "key of another account",
+        setup: |e| {
+            e.sim.ok(&["account", "add", "other.example"]);
+            let k = e.sim.ok(&["key", "add", "other.example", "--kind", "full"]);
+            e.seed(&format!("api-key = \"{k}\""));
+        },
+        code: "key-account-mismatch",
+        says: "the API key belongs to another account, not acme.example",
+        exit: 77,
+    },
+    Permanent {
+        name: "wrong account domain",
+        setup: |e| e.seed("account = \"acme.wrong\""),
+        code: "account-unknown",
+        says: "the primary has no account with the domain name acme.wrong [account-unknown]\n  fix: check the account domain name",
+        exit: 78,
+    },
+    Permanent {
+        name: "untrusted certificate",
+        setup: |e| {
+            let seed = e
+                .base_seed()
+                .replace("primary-ca = \"/etc/gateway/primary-ca.pem\"\n", "");
+            e.tree.file("/etc/gateway/seed.toml", seed);
+        },
+        code: "tls-certificate",
+        says: "the certificate of 127.0.0.1 is not signed by a trusted CA",
+        exit: 78,
+    },
+    Permanent {
+        name: "pin that does not match",
+        setup: |e| e.seed(&format!("primary-ca-sha256 = \"{}\"", "ab".repeat(32))),
+        code: "tls-pin-mismatch",
+        says: "no certificate 127.0.0.1 presented matches primary-ca-sha256",
+        exit: 78,
+    },
+    Permanent {
+        name: "an address that is not a primary",
+        setup: |e| {
+            e.seed(&format!(
+                "primary = \"https://127.0.0.1:{}/elsewhere/\"",
+                e.sim.port
+            ))
+        },
+        code: "not-a-primary",
+        says: "has no registration protocol at",
+        exit: 76,
+    },
+    Permanent {
+        name: "invalid settings",
+        setup: |e| e.seed("account = \"acme..example\""),
+        code: "settings-invalid",
+        says: "error: account from /etc/gateway/seed.toml line",
+        exit: 65,
+    },
+];
+
+#[test]
+fn permanent_failures_stop_at_once_with_code_message_and_fix() {
+    for case in PERMANENT {
+        let mut env = Env::new();
+        (case.setup)(&mut env);
+        let run = env.run(&["provision"]);
+        assert_eq!(run.code, case.exit, "{}: exit\n{}", case.name, run.all());
+        assert!(
+            run.stdout.contains(case.says),
+            "{}: output lacks {:?}:\n{}",
+            case.name,
+            case.says,
+            run.stdout
+        );
+        assert!(
+            run.stdout.contains(&format!("[{}]", case.code)) || case.code == "settings-invalid",
+            "{}: code\n{}",
+            case.name,
+            run.stdout
+        );
+        assert!(
+            !run.stdout.contains("retrying"),
+            "{}: a permanent failure must not be retried\n{}",
+            case.name,
+            run.stdout
+        );
+        let (status_code, status) = env.status();
+        assert_eq!(status_code, 1, "{}", case.name);
+        assert_eq!(status["last_error"]["code"], case.code, "{}", case.name);
+        assert!(
+            env.sim.all_servers().is_empty(),
+            "{}: nothing registered",
+            case.name
+        );
+        assert!(
+            !env.tree.path("/var/lib/gateway-firstboot/done").exists(),
+            "{}",
+            case.name
+        );
+        let issue = env.read("/etc/issue.d/gateway-firstboot.issue");
+        assert!(
+            issue.starts_with("Gateway provisioning failed: ") && issue.contains("Fix: "),
+            "{}: {issue}",
+            case.name
+        );
+    }
+}
+
+#[test]
+fn no_settings_at_all_exits_66() {
+    let mut env = Env::new();
+    std::fs::remove_file(env.tree.path("/etc/gateway/seed.toml")).unwrap();
+    let run = env.run(&["provision"]);
+    assert_code(&run, 66);
+    assert!(
+        run.stdout
+            .contains("no provisioning settings found [no-settings]"),
+        "{}",
+        run.stdout
+    );
+    env.tree.cmdline("quiet");
+    assert_eq!(env.run(&["provision"]).code, 66);
+}
+
+/// A transient failure is retried, then ends at the deadline with a clear message.
+fn assert_gives_up(env: &Env, code: &str, says: &str) {
+    let run = env.run(&["provision"]);
+    assert_code(&run, 75);
+    assert!(
+        run.stdout
+            .contains(&format!("[{code}]; attempt 1 failed, retrying in")),
+        "{code}: no retry\n{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("gave up after") && run.stdout.contains(says),
+        "{code}: {says:?}\n{}",
+        run.stdout
+    );
+    assert_eq!(env.status().1["last_error"]["code"], "deadline");
+    assert!(env.sim.all_servers().is_empty());
+}
+
+#[test]
+fn refused_connections_are_retried_until_the_deadline() {
+    let mut env = Env::new();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    env.seed(&format!("primary = \"127.0.0.1:{closed}\""));
+    assert_gives_up(
+        &env,
+        "primary-refused",
+        "127.0.0.1 refused the connection [primary-refused]",
+    );
+}
+
+#[test]
+fn an_unresolvable_primary_is_retried_until_the_deadline() {
+    let mut env = Env::new().with_dns(&[]);
+    env.seed("primary = \"primary.acme.test\"\ndns-check = \"off\"");
+    assert_gives_up(
+        &env,
+        "primary-dns",
+        "cannot resolve the primary's name primary.acme.test: no such name in DNS",
+    );
+}
+
+#[test]
+fn a_response_that_never_ends_times_out_and_is_retried() {
+    let env = Env::with_sim(Sim::start_with(&["--hang-percent", "100"]));
+    assert_gives_up(&env, "primary-timeout", "did not answer in time");
+}
+
+#[test]
+fn a_wrong_clock_is_named_as_such() {
+    let env = Env::with_sim(Sim::start_with(&["--clock-skew", "3d"]));
+    let run = env.run(&["provision"]);
+    assert_code(&run, 75);
+    assert!(
+        run.stdout.contains("this server's clock") && run.stdout.contains("[clock-wrong]"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("set the clock (timedatectl set-time, or fix NTP)"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn an_expired_certificate_with_a_right_clock_is_the_certificate() {
+    let env = Env::with_sim(Sim::start_with(&["--cert-skew", "-900d"]));
+    let run = env.run(&["provision"]);
+    assert_code(&run, 78);
+    assert!(
+        run.stdout.contains(
+            "the certificate of 127.0.0.1 has expired or is not valid yet [tls-certificate]"
+        ),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        !run.stdout.contains("clock-wrong") && !run.stdout.contains("retrying"),
+        "{}",
+        run.stdout
+    );
+}
+
+/// Starts provisioning with the primary failing, clears the fault after a while, and expects
+/// success after retries that name the failure.
+fn recovers_from(faults: &[&str], code: &str) {
+    let mut env = Env::new();
+    env.reseed("deadline = \"60s\"");
+    env.sim.ok(&[&["faults", "set"][..], faults].concat());
+    std::thread::sleep(Duration::from_millis(400));
+    let child = env
+        .tree
+        .command(&["provision"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    env.sim.ok(&["faults", "clear"]);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains(&format!("[{code}]; attempt 1 failed, retrying in")),
+        "{code}:\n{stdout}"
+    );
+    assert_eq!(env.sim.all_servers().len(), 1);
+}
+
+#[test]
+fn retries_through_server_errors() {
+    recovers_from(&["--error-percent", "100"], "primary-error");
+}
+
+#[test]
+fn retries_through_rate_limiting_honouring_retry_after() {
+    recovers_from(&["--rate-limit", "0", "--retry-after", "2"], "rate-limited");
+}
+
+#[test]
+fn retries_until_the_primary_comes_back() {
+    recovers_from(&["--down-for", "3s"], "primary-refused");
+}
+
+#[test]
+fn a_rejected_server_stops_the_trust_step() {
+    let env = Env::new();
+    assert_code(&env.run(&["provision"]), 0);
+    let id = env.sim.all_servers()[0]["server_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.sim.ok(&["reject", &id]);
+    let run = env.run(&["await-trust", "--poll-max", "1s", "--timeout", "30s"]);
+    assert_code(&run, 77);
+    assert!(
+        run.stdout
+            .contains(&format!("an administrator rejected server {id}")),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(env.status().0, 1);
+}
+
+#[test]
+fn an_auto_trust_key_needs_nobody_to_click() {
+    let mut env = Env::new();
+    let auto = env.sim.ok(&[
+        "key",
+        "add",
+        "acme.example",
+        "--kind",
+        "restricted",
+        "--auto-trust",
+    ]);
+    env.reseed(&format!("api-key = \"{auto}\""));
+    let run = env.run(&["provision"]);
+    assert_code(&run, 0);
+    assert!(
+        run.stdout.contains("trusted automatically"),
+        "{}",
+        run.stdout
+    );
+    let run = env.run(&[
+        "await-trust",
+        "--poll-max",
+        "1s",
+        "--timeout",
+        "30s",
+        "--notify-command",
+        &format!("touch {}", env.tree.path("/notified").display()),
+    ]);
+    assert_code(&run, 0);
+    assert!(
+        env.tree.path("/notified").exists(),
+        "the notify command ran"
+    );
+}
+
+#[test]
+fn a_new_key_pair_for_a_trusted_machine_is_a_conflict() {
+    let env = Env::new();
+    assert_code(&env.run(&["provision"]), 0);
+    let id = env.sim.all_servers()[0]["server_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.sim.ok(&["authorize", &id]);
+    // The appliance is reinstalled with the same machine ID but loses its key and state.
+    std::fs::remove_dir_all(env.tree.path("/var/lib")).unwrap();
+    let mut env = env;
+    env.reseed("");
+    let run = env.run(&["provision"]);
+    assert_code(&run, 78);
+    assert!(run.stdout.contains("[identity-conflict]"), "{}", run.stdout);
+    assert_eq!(env.sim.all_servers().len(), 1);
+}
+
+#[test]
+fn check_online_validates_without_registering() {
+    let mut env = Env::new();
+    let run = env.run(&["check", "--online"]);
+    assert_code(&run, 0);
+    assert!(
+        run.stdout
+            .contains("online: connected to https://127.0.0.1:"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("account acme.example exists; API key accepted (restricted)"),
+        "{}",
+        run.stdout
+    );
+    env.reseed("account = \"acme.wrong\"");
+    let run = env.run(&["check", "--online", "--json"]);
+    assert_code(&run, 78);
+    assert_eq!(run.json()["online"]["code"], "account-unknown");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    env.reseed(&format!(
+        "account = \"acme.example\"\nprimary = \"127.0.0.1:{closed}\""
+    ));
+    let run = env.run(&["check", "--online"]);
+    assert_code(&run, 69);
+    assert!(
+        run.stdout
+            .contains("refused the connection [primary-refused]"),
+        "{}",
+        run.stdout
+    );
+    assert!(env.sim.all_servers().is_empty());
+}
+
+#[test]
+fn status_waits_while_in_progress() {
+    let env = Env::new();
+    let start = std::time::Instant::now();
+    let run = env.run(&["status", "--wait", "--timeout", "1"]);
+    assert_code(&run, 4);
+    assert!(start.elapsed() >= Duration::from_secs(1));
+    assert_code(&env.run(&["provision"]), 0);
+    assert_code(&env.run(&["status", "--wait", "--timeout", "30"]), 3);
+}
+
+/// systemd's notification protocol, received on a socket of our own.
+#[test]
+fn systemd_hears_status_extensions_while_retrying_and_ready() {
+    use std::os::unix::net::UnixDatagram;
+    let mut env = Env::new();
+    env.reseed("deadline = \"60s\"");
+    let socket_path = env.tree.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    env.sim.ok(&["faults", "set", "--down-for", "3s"]);
+    std::thread::sleep(Duration::from_millis(400));
+    let child = env
+        .tree
+        .command(&["provision"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = socket.recv(&mut buf) {
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let done = text.contains("READY=1");
+        messages.push(text);
+        if done {
+            break;
+        }
+    }
+    let status = child.wait_with_output().unwrap().status;
+    assert_eq!(status.code(), Some(0));
+    let all = messages.join("\n");
+    assert!(all.contains("STATUS=provisioning this gateway"), "{all}");
+    assert!(
+        all.contains("EXTEND_TIMEOUT_USEC="),
+        "retries extend the start timeout: {all}"
+    );
+    assert!(all.contains("[primary-refused]; attempt 1 failed"), "{all}");
+    assert!(messages.last().unwrap().contains("READY=1"), "{all}");
+}
+
+/// Every byte the agent writes or prints, searched for the key.
+#[test]
+fn the_api_key_never_reaches_output_state_status_or_the_seeds() {
+    let mut env = Env::new();
+    let key = env
+        .sim
+        .ok(&["key", "add", "acme.example", "--kind", "full"]);
+    env.reseed("");
+    let seed_without_key = env.base_seed();
+    // The key in three writable seeds and a credential; GWSEED on a FAT partition.
+    env.tree.file(
+        "/etc/gateway/seed.toml",
+        format!("{seed_without_key}api-key = \"{key}\"\n"),
+    );
+    env.tree.file(
+        "/boot/gateway-seed.toml",
+        format!("# boot seed\napi-key = \"{key}\"\naccount = \"acme.example\"\n"),
+    );
+    env.tree
+        .gwseed(&[("seed.toml", format!("api-key = \"{key}\"\n").as_bytes())]);
+    let mut outputs = Vec::new();
+    for args in [
+        &["check"][..],
+        &["check", "--online"],
+        &["show-config", "--json"],
+        &["-vv", "provision"],
+        &["status", "--json"],
+        &["status"],
+    ] {
+        outputs.push(env.run(args).all());
+    }
+    let id = env.sim.all_servers()[0]["server_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.sim.ok(&["authorize", &id]);
+    outputs.push(
+        env.run(&["-vv", "await-trust", "--poll-max", "1s", "--timeout", "30s"])
+            .all(),
+    );
+    for out in &outputs {
+        assert!(!out.contains(&key), "output shows the key:\n{out}");
+    }
+    // Every file under the root, including the raw GWSEED partition.
+    let mut stack = vec![env.tree.dir.path().to_path_buf()];
+    let mut checked = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_symlink() {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            let hit = bytes.windows(key.len()).any(|w| w == key.as_bytes());
+            assert!(!hit, "{} still holds the key", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} files checked");
+    assert!(
+        env.read("/boot/gateway-seed.toml")
+            .contains("# boot seed\naccount = \"acme.example\""),
+        "the rest of the seed is kept"
+    );
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn killed_at_every_step_the_next_run_resumes_without_duplicates() {
+    let points = [
+        "after-validate",
+        "after-dns",
+        "after-connect",
+        "after-key",
+        "before-register",
+        "after-register",
+        "after-register-saved",
+        "after-gateway-config",
+        "after-scrub",
+        "after-done",
+    ];
+    for point in points {
+        let mut env = Env::new().with_dns(&[(FQDN, host_address())]);
+        let key = env
+            .sim
+            .ok(&["key", "add", "acme.example", "--kind", "full"]);
+        env.reseed(&format!("api-key = \"{key}\""));
+        let killed = env
+            .tree
+            .command(&["provision"])
+            .env("GATEWAY_FIRSTBOOT_FAILPOINT", point)
+            .output()
+            .unwrap();
+        assert_eq!(
+            killed.status.code(),
+            None,
+            "{point}: the process must die by a signal"
+        );
+        let run = env.run(&["provision"]);
+        assert_code(&run, 0);
+        let servers = env.sim.all_servers();
+        assert_eq!(
+            servers.len(),
+            1,
+            "{point}: exactly one server on the primary"
+        );
+        let (code, status) = env.status();
+        assert_eq!(code, 3, "{point}: handed off and waiting");
+        assert_eq!(
+            status["server_id"], servers[0]["server_id"],
+            "{point}: the state names the primary's server"
+        );
+        assert_eq!(
+            status["key_fingerprint"], servers[0]["key_fingerprint"],
+            "{point}: one identity"
+        );
+        assert!(
+            env.tree.path("/var/lib/gateway-firstboot/done").exists(),
+            "{point}"
+        );
+        assert!(
+            !env.read("/etc/gateway/seed.toml").contains(&key),
+            "{point}: key scrubbed"
+        );
+    }
+    // And during the trust step.
+    let env = Env::new();
+    assert_code(&env.run(&["provision"]), 0);
+    let id = env.sim.all_servers()[0]["server_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.sim.ok(&["authorize", &id]);
+    let killed = env
+        .tree
+        .command(&["await-trust", "--poll-max", "1s"])
+        .env("GATEWAY_FIRSTBOOT_FAILPOINT", "after-certificate")
+        .output()
+        .unwrap();
+    assert_eq!(killed.status.code(), None);
+    assert_code(
+        &env.run(&["await-trust", "--poll-max", "1s", "--timeout", "30s"]),
+        0,
+    );
+    assert_eq!(env.status().0, 0);
+}
