@@ -7,6 +7,16 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    write_replace(path, data, mode, true)
+}
+
+/// Replaces a file through a rename, without waiting for the disk: for what may be lost in a
+/// power cut (the live status in /run, the console line, a phase that is simply redone).
+pub fn write_quick(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    write_replace(path, data, mode, false)
+}
+
+fn write_replace(path: &Path, data: &[u8], mode: u32, durable: bool) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::other("no parent directory"))?;
@@ -24,12 +34,17 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
             .mode(mode)
             .open(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
     }
     // The mode of an existing temporary file is not changed by open(): set it.
     fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
     fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
+    if durable {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Reads a file that may not exist.

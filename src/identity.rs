@@ -79,7 +79,7 @@ impl Identity {
             .map_err(|e| {
                 Failure::permanent("internal", format!("making the CSR: {e}"), "report a bug")
             })?;
-        fsutil::write_atomic(&root.path(CSR_FILE), pem.as_bytes(), 0o644)
+        fsutil::write_quick(&root.path(CSR_FILE), pem.as_bytes(), 0o644)
             .map_err(|e| io(format!("writing {CSR_FILE}"), e))?;
         Ok(pem)
     }

@@ -109,7 +109,7 @@ impl Progress {
     pub fn console(&self, line: &str) {
         // In issue files a backslash starts an escape; write it literally.
         let text = format!("{}\n\n", line.replace('\\', "\\\\"));
-        if let Err(e) = fsutil::write_atomic(&self.root.path(ISSUE_FILE), text.as_bytes(), 0o644) {
+        if let Err(e) = fsutil::write_quick(&self.root.path(ISSUE_FILE), text.as_bytes(), 0o644) {
             log::warn!("writing {ISSUE_FILE}: {e}");
         }
     }
@@ -132,7 +132,7 @@ impl Progress {
             "updated": crate::state::now_rfc3339(),
         });
         let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
-        if let Err(e) = fsutil::write_atomic(&self.root.path(STATUS_FILE), &bytes, 0o644) {
+        if let Err(e) = fsutil::write_quick(&self.root.path(STATUS_FILE), &bytes, 0o644) {
             log::warn!("writing {STATUS_FILE}: {e}");
         }
     }

@@ -87,21 +87,46 @@ impl State {
                 ..State::default()
             });
         };
-        serde_json::from_slice(&bytes).map_err(|e| {
-            Failure::permanent(
+        match serde_json::from_slice(&bytes) {
+            Ok(state) => Ok(state),
+            // Before registration the state is saved without waiting for the disk, so a power
+            // cut may tear it; nothing in it is needed then (the steps are redone), and the
+            // token file exists from registration on. Keep the torn file for a look.
+            Err(e) if !root.path(TOKEN_FILE).exists() => {
+                log::warn!(
+                    "{STATE_FILE} is damaged ({e}); starting over (kept as {STATE_FILE}.damaged)"
+                );
+                let _ = std::fs::rename(&path, root.path(format!("{STATE_FILE}.damaged")));
+                Ok(State {
+                    version: 1,
+                    ..State::default()
+                })
+            }
+            Err(e) => Err(Failure::permanent(
                 "state-corrupt",
                 format!("{STATE_FILE} is damaged: {e}"),
-                format!("move {STATE_FILE} away to provision again from the start (the server keeps its identity)"),
-            )
-        })
+                format!(
+                    "move {STATE_FILE} away to provision again from the start (the server keeps its identity)"
+                ),
+            )),
+        }
     }
 
+    /// Saves; durably (waiting for the disk) from registration on, and for failures, whose
+    /// record `status` must find after a reboot. Earlier phases are simply redone if lost.
     pub fn save(&mut self, root: &Root) -> Result<(), Failure> {
         self.updated = Some(now_rfc3339());
         let json = serde_json::to_vec_pretty(self)
             .map_err(|e| Failure::permanent("internal", e.to_string(), "report a bug"))?;
-        fsutil::write_atomic(&root.path(STATE_FILE), &json, 0o644)
-            .map_err(|e| io(format!("writing {STATE_FILE}"), e))
+        let path = root.path(STATE_FILE);
+        let durable = self.phase >= Phase::Registered
+            || self.last_error.as_ref().is_some_and(|e| e.permanent);
+        let written = if durable {
+            fsutil::write_atomic(&path, &json, 0o644)
+        } else {
+            fsutil::write_quick(&path, &json, 0o644)
+        };
+        written.map_err(|e| io(format!("writing {STATE_FILE}"), e))
     }
 
     /// Moves to `phase` and saves.
@@ -167,6 +192,12 @@ mod tests {
         let back = State::load(&root).unwrap();
         assert_eq!(back.phase, Phase::Registered);
         assert_eq!(back.server_id.as_deref(), Some("srv_1"));
+        // Torn before registration: start over, keep the evidence.
+        std::fs::write(root.path(STATE_FILE), b"{broken").unwrap();
+        assert_eq!(State::load(&root).unwrap().phase, Phase::New);
+        assert!(root.path(format!("{STATE_FILE}.damaged")).exists());
+        // Damaged after registration: stop and say so.
+        std::fs::write(root.path(TOKEN_FILE), b"gwt_x").unwrap();
         std::fs::write(root.path(STATE_FILE), b"{broken").unwrap();
         assert_eq!(State::load(&root).unwrap_err().code, "state-corrupt");
     }

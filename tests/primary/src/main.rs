@@ -365,6 +365,8 @@ async fn handle(
     tcp: TcpStream,
     peer: SocketAddr,
 ) {
+    // As any HTTPS server: no Nagle delay on small writes (it meets the client's delayed ACK).
+    let _ = tcp.set_nodelay(true);
     let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
     else {
         return;
