@@ -61,7 +61,7 @@ fn level(verbose: u8) -> LevelFilter {
 
 /// Installs the logger. Never fails: with no journal and no stderr there is nowhere to complain.
 pub fn init(verbose: u8) {
-    let level = level(verbose);
+    let mut level = level(verbose);
     let journal = systemd_journal_logger::connected_to_journal()
         .then(|| {
             systemd_journal_logger::JournalLog::new().ok().map(|j| {
@@ -74,7 +74,11 @@ pub fn init(verbose: u8) {
         })
         .flatten();
     let installed = match journal {
-        Some(j) => j.install(),
+        Some(j) => {
+            // In the journal every step is an event worth keeping.
+            level = level.max(LevelFilter::Info);
+            j.install()
+        }
         None => log::set_boxed_logger(Box::new(Stderr { level })),
     };
     if installed.is_ok() {

@@ -13,6 +13,8 @@ pub const STATE_FILE: &str = "/var/lib/gateway-firstboot/state.json";
 /// Exists once provisioning is handed off; `gateway.service` is conditioned on it.
 pub const DONE_MARKER: &str = "/var/lib/gateway-firstboot/done";
 pub const TOKEN_FILE: &str = "/var/lib/gateway-firstboot/server-token";
+/// Exists once the secure connection is proven; the trust unit is conditioned on its absence.
+pub const TRUSTED_MARKER: &str = "/var/lib/gateway-firstboot/trusted";
 
 /// Steps, in order. A step's effects are on disk before the phase says it is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]

@@ -13,7 +13,7 @@ use crate::protocol::{TrustState, short_fingerprint};
 use crate::retry::Backoff;
 use crate::root::Root;
 use crate::secret::Secret;
-use crate::state::{Phase, State, TOKEN_FILE};
+use crate::state::{Phase, State, TOKEN_FILE, TRUSTED_MARKER};
 use std::time::Duration;
 
 /// What `await-trust` runs once trusted, on the real system, unless told otherwise.
@@ -155,6 +155,12 @@ async fn wait(
     };
     state.trust = Some(TrustState::Trusted);
     state.advance(root, Phase::Trusted)?;
+    fsutil::write_atomic(
+        &root.path(TRUSTED_MARKER),
+        format!("{id}\n").as_bytes(),
+        0o644,
+    )
+    .map_err(|e| io(format!("writing {TRUSTED_MARKER}"), e))?;
     progress.step(
         state,
         progress::MSG_TRUSTED,

@@ -149,19 +149,34 @@ fn settings_step(
     Ok(settings)
 }
 
-/// Sets the host name the seed asks for: /etc/hostname always, the kernel's on the real system.
+/// Sets the host name the seed asks for: /etc/hostname under --root; on the real system
+/// through systemd-hostnamed (`hostnamectl`), which writes /etc/hostname and sets the kernel's,
+/// so the agent itself needs no privilege for it.
 fn apply_hostname(root: &Root, name: &str) -> Result<(), Failure> {
-    let path = root.path("/etc/hostname");
-    let current = std::fs::read_to_string(&path).unwrap_or_default();
-    if current.trim() != name {
-        fsutil::write_atomic(&path, format!("{name}\n").as_bytes(), 0o644)
-            .map_err(|e| io("writing /etc/hostname", e))?;
-    }
-    if root.is_host() {
-        let short = name.split('.').next().unwrap_or(name);
-        if let Err(e) = nix::unistd::sethostname(short) {
-            log::warn!("setting the host name to {short}: {e}");
+    if !root.is_host() {
+        let path = root.path("/etc/hostname");
+        let current = std::fs::read_to_string(&path).unwrap_or_default();
+        if current.trim() != name {
+            fsutil::write_atomic(&path, format!("{name}\n").as_bytes(), 0o644)
+                .map_err(|e| io("writing /etc/hostname", e))?;
         }
+        return Ok(());
+    }
+    let current = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    let short = name.split('.').next().unwrap_or(name);
+    if current == name || current == short {
+        return Ok(());
+    }
+    match std::process::Command::new("hostnamectl")
+        .args(["set-hostname", name])
+        .status()
+    {
+        Ok(s) if s.success() => log::info!("host name set to {name}"),
+        Ok(s) => log::warn!("hostnamectl set-hostname {name} exited with {s}; keeping {current}"),
+        Err(e) => log::warn!("running hostnamectl: {e}; keeping the host name {current}"),
     }
     Ok(())
 }
