@@ -46,6 +46,34 @@ pub enum Command {
     AwaitTrust(AwaitTrustArgs),
     /// Show where provisioning stands (exit 0 trusted, 1 failed, 2 warnings, 3 waiting, 4 busy)
     Status(StatusArgs),
+    /// Write, show or clear the seed in a factory image's GWSEED partition (no mounting)
+    Seed(SeedArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SeedArgs {
+    #[command(subcommand)]
+    pub command: SeedCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SeedCommand {
+    /// Validate SEED (as `check` does) and write it into IMAGE's GWSEED partition
+    Embed {
+        /// Raw disk image with a GWSEED partition, or a bare FAT image
+        image: PathBuf,
+        /// Seed file ("-" for standard input)
+        seed: PathBuf,
+    },
+    /// Print the seed in IMAGE's GWSEED partition, the API key redacted
+    Show {
+        image: PathBuf,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the seed from IMAGE's GWSEED partition (its bytes overwritten)
+    Clear { image: PathBuf },
 }
 
 #[derive(Debug, Args)]

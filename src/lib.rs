@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod disk;
 pub mod dns;
 pub mod exit;
 pub mod failure;
@@ -31,6 +32,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<u8> {
         Command::Provision(args) => runtime()?.block_on(commands::provision::run(&root, args)),
         Command::AwaitTrust(args) => runtime()?.block_on(commands::await_trust::run(&root, args)),
         Command::Status(args) => runtime()?.block_on(commands::status::run(&root, args)),
+        Command::Seed(args) => commands::seed::run(args),
     }
 }
 

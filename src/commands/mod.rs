@@ -3,6 +3,7 @@
 pub mod await_trust;
 pub mod check;
 pub mod provision;
+pub mod seed;
 pub mod show_config;
 pub mod status;
 
