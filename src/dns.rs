@@ -60,12 +60,13 @@ pub fn names(root: &Root, seed_hostname: Option<&str>) -> (String, Option<String
         std::fs::read_to_string(root.path(p))
             .ok()
             .map(|s| s.trim().to_ascii_lowercase())
-            .filter(|s| !s.is_empty())
+            .filter(|s| !s.is_empty() && !is_placeholder(s))
     };
     let host = seed_hostname
         .map(str::to_string)
         .or_else(|| read("/proc/sys/kernel/hostname"))
         .or_else(|| read("/etc/hostname"))
+        .or_else(|| dhcp_hostname(root))
         .unwrap_or_else(|| "localhost".into());
     if let Some((short, _)) = host.split_once('.') {
         return (short.to_string(), Some(host));
@@ -87,6 +88,35 @@ pub fn names(root: &Root, seed_hostname: Option<&str>) -> (String, Option<String
         .filter(|d| !d.is_empty() && d != ".");
     let fqdn = domain.map(|d| format!("{host}.{d}"));
     (host, fqdn)
+}
+
+/// Names that say "no name was set".
+fn is_placeholder(name: &str) -> bool {
+    matches!(
+        name,
+        "localhost" | "localhost.localdomain" | "(none)" | "debian"
+    )
+}
+
+/// Directory where systemd-networkd keeps its DHCP leases (one file per interface).
+pub const NETWORKD_LEASES: &str = "/run/systemd/netif/leases";
+
+/// The host name a DHCP server gave (systemd-networkd records it in its lease; networkd
+/// itself cannot set it without polkit, so the agent does, through hostnamed).
+pub fn dhcp_hostname(root: &Root) -> Option<String> {
+    let mut leases: Vec<_> = std::fs::read_dir(root.path(NETWORKD_LEASES))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    leases.sort();
+    leases.iter().find_map(|path| {
+        let text = std::fs::read_to_string(path).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("HOSTNAME="))
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| crate::settings::validate::check_dns_name(h).is_ok() && !is_placeholder(h))
+    })
 }
 
 /// This host's addresses that others could reach: not loopback, not link-local.

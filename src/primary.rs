@@ -128,6 +128,8 @@ pub struct ClientIdentity {
 struct Verifier {
     webpki: Option<Arc<WebPkiServerVerifier>>,
     pin: Option<[u8; 32]>,
+    /// The certificate that matched the pin, for the gateway to trust as well.
+    pinned: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
     /// Accept anything: only for reading the primary's Date header after a time error.
     accept_any: bool,
     provider: Arc<CryptoProvider>,
@@ -146,10 +148,13 @@ impl ServerCertVerifier for Verifier {
             return Ok(ServerCertVerified::assertion());
         }
         if let Some(pin) = self.pin {
-            let matches = std::iter::once(end_entity)
+            let matched = std::iter::once(end_entity)
                 .chain(intermediates)
-                .any(|c| Sha256::digest(c.as_ref()).as_slice() == pin);
-            return if matches {
+                .find(|c| Sha256::digest(c.as_ref()).as_slice() == pin);
+            return if let Some(cert) = matched {
+                if let Ok(mut slot) = self.pinned.lock() {
+                    *slot = Some(cert.as_ref().to_vec());
+                }
                 Ok(ServerCertVerified::assertion())
             } else {
                 Err(rustls::Error::InvalidCertificate(
@@ -209,6 +214,7 @@ fn tls_config(
     ep: &Endpoint,
     identity: Option<&ClientIdentity>,
     accept_any: bool,
+    pinned: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
 ) -> Result<rustls::ClientConfig, Failure> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
@@ -233,6 +239,7 @@ fn tls_config(
     let verifier = Arc::new(Verifier {
         webpki,
         pin: ep.pin,
+        pinned,
         accept_any,
         provider: provider.clone(),
     });
@@ -264,6 +271,7 @@ pub struct Primary {
     http: reqwest::Client,
     /// Context for messages: the account domain being validated.
     pub account: String,
+    pinned: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
 }
 
 async fn resolve(root: &Root, ep: &Endpoint) -> Result<Vec<SocketAddr>, Failure> {
@@ -301,9 +309,10 @@ fn build_client(
     addrs: &[SocketAddr],
     identity: Option<&ClientIdentity>,
     accept_any: bool,
+    pinned: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
 ) -> Result<reqwest::Client, Failure> {
     let mut b = reqwest::Client::builder()
-        .use_preconfigured_tls(tls_config(root, ep, identity, accept_any)?)
+        .use_preconfigured_tls(tls_config(root, ep, identity, accept_any, pinned)?)
         .connect_timeout(ep.connect_timeout)
         .timeout(ep.request_timeout)
         .redirect(reqwest::redirect::Policy::none())
@@ -377,13 +386,23 @@ impl Primary {
         identity: Option<&ClientIdentity>,
     ) -> Result<Primary, Failure> {
         let addrs = resolve(root, endpoint).await?;
-        let http = build_client(root, endpoint, &addrs, identity, false)?;
+        let pinned = Arc::new(std::sync::Mutex::new(None));
+        let http = build_client(root, endpoint, &addrs, identity, false, pinned.clone())?;
         Ok(Primary {
             endpoint: endpoint.clone(),
             root: root.clone(),
             http,
             account: account.to_string(),
+            pinned,
         })
+    }
+
+    /// The certificate that matched `primary-ca-sha256`, as PEM, once a connection was made:
+    /// what the gateway needs to trust to reach the same primary.
+    pub fn pinned_certificate_pem(&self) -> Option<String> {
+        let der = self.pinned.lock().ok()?.clone()?;
+        let lf = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+        Some(pem::encode_config(&pem::Pem::new("CERTIFICATE", der), lf))
     }
 
     fn url(&self, path: &str) -> Result<Url, Failure> {
@@ -483,7 +502,14 @@ impl Primary {
         let Ok(addrs) = resolve(&self.root, &self.endpoint).await else {
             return expired;
         };
-        let Ok(probe) = build_client(&self.root, &self.endpoint, &addrs, None, true) else {
+        let Ok(probe) = build_client(
+            &self.root,
+            &self.endpoint,
+            &addrs,
+            None,
+            true,
+            Arc::default(),
+        ) else {
             return expired;
         };
         let Ok(url) = self.url("/health") else {

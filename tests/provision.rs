@@ -930,3 +930,36 @@ fn killed_at_every_step_the_next_run_resumes_without_duplicates() {
     );
     assert_eq!(env.status().0, 0);
 }
+
+#[test]
+fn a_pinned_primary_is_handed_to_the_gateway_as_its_ca() {
+    let mut env = Env::new();
+    let ca_der = rustls_pki_types::pem::PemObject::from_pem_slice(env.sim.ca_pem().as_bytes())
+        .map(|c: rustls_pki_types::CertificateDer<'static>| c.as_ref().to_vec())
+        .unwrap();
+    let pin: String =
+        sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&ca_der))
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+    let seed = env
+        .base_seed()
+        .replace("primary-ca = \"/etc/gateway/primary-ca.pem\"\n", "");
+    env.tree.file(
+        "/etc/gateway/seed.toml",
+        format!("{seed}primary-ca-sha256 = \"{pin}\"\n"),
+    );
+    assert_code(&env.run(&["provision"]), 0);
+    let exported = env.read("/var/lib/gateway/identity/primary-ca.pem");
+    assert_eq!(
+        exported.trim(),
+        env.sim.ca_pem().trim(),
+        "the gateway trusts the certificate the pin matched"
+    );
+    let config: toml::Table = env.read("/etc/gateway/gateway.toml").parse().unwrap();
+    assert_eq!(
+        config["primary-ca"].as_str(),
+        Some("/var/lib/gateway/identity/primary-ca.pem")
+    );
+    assert_eq!(config["primary-ca-sha256"].as_str(), Some(pin.as_str()));
+}

@@ -187,10 +187,15 @@ async fn dns_step(
     state: &mut State,
     progress: &mut Progress,
 ) -> Result<DnsReport, Failure> {
-    if let Some(name) = &settings.hostname {
-        apply_hostname(root, name)?;
-    }
     let (host, fqdn) = dns::names(root, settings.hostname.as_deref());
+    // The seed's name, or the DHCP server's when the system has none: make it the system's.
+    let given = settings
+        .hostname
+        .clone()
+        .or_else(|| dns::dhcp_hostname(root).filter(|h| *h == host));
+    if let Some(name) = given {
+        apply_hostname(root, &name)?;
+    }
     state.hostname = Some(fqdn.clone().unwrap_or_else(|| host.clone()));
     if settings.dns_check == DnsCheck::Off {
         let report = DnsReport {
@@ -285,6 +290,12 @@ async fn connect_step(
             }
         }
     };
+    // A pinned primary without a CA: keep the certificate the pin matched, for the gateway.
+    if let (Some(access), Some(pem)) = (state.primary.as_mut(), primary.pinned_certificate_pem())
+        && access.ca_pem.is_none()
+    {
+        access.ca_pem = Some(pem);
+    }
     if let Some(skew) = skew.filter(|s| *s > Duration::from_secs(300)) {
         state.warnings.push(format!(
             "this server's clock is {}s away from the primary's; check NTP",
