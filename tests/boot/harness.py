@@ -1,0 +1,301 @@
+"""The QEMU boot harness: an isolated network per scenario, the primary simulator, the image.
+
+Every wait has a deadline; everything created is removed again, also on failure. Standard
+library only, so it runs on any Debian with python3.
+"""
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+# The image's default restricted key (image/build --default-key); the simulator gets the same.
+DEFAULT_KEY = "gwk_default_ImageDefaultKey2026"
+MAC = "52:54:00:12:34:56"
+DOMAIN = "acme.test"
+ESP_OFFSET = 1024 * 1024  # image/build puts the ESP at 1 MiB
+
+
+class Failed(Exception):
+    """A scenario's expectation was not met."""
+
+
+def run(cmd, timeout=120, check=True, **kw):
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and r.returncode != 0:
+        raise Failed(f"{' '.join(map(str, cmd))} exited {r.returncode}: {r.stderr.strip()}")
+    return r
+
+
+def wait_until(what, predicate, timeout, interval=1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise Failed(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+_kvm = None
+
+
+def accelerator(image):
+    """KVM when a probe boot proves it works (the firmware and the kernel get going), else TCG."""
+    global _kvm
+    if _kvm is None:
+        _kvm = False
+        if os.path.exists("/dev/kvm"):
+            with tempfile.TemporaryDirectory() as d:
+                serial = Path(d) / "serial"
+                vars_fd = Path(d) / "vars.fd"
+                shutil.copy(OVMF_VARS, vars_fd)
+                cmd = ["qemu-system-x86_64", "-machine", "q35", "-accel", "kvm", "-cpu", "host", "-m", "512",
+                       "-nodefaults", "-display", "none", "-serial", f"file:{serial}",
+                       "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+                       "-drive", f"if=pflash,format=raw,file={vars_fd}",
+                       "-drive", f"if=virtio,file={image},format=qcow2,snapshot=on"]
+                p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                try:
+                    deadline = time.monotonic() + 40
+                    while time.monotonic() < deadline and p.poll() is None:
+                        text = serial.read_text(errors="replace") if serial.exists() else ""
+                        if "systemd" in text or "Welcome" in text:
+                            _kvm = True
+                            break
+                        time.sleep(1)
+                finally:
+                    p.kill()
+                    p.wait()
+        print(f"boot: accelerator {'kvm' if _kvm else 'tcg (KVM did not boot a probe guest)'}", flush=True)
+    return ["-accel", "kvm", "-cpu", "host"] if _kvm else ["-accel", "tcg", "-cpu", "qemu64"]
+
+
+class Net:
+    """A network namespace with a bridge, a tap for the VM, and dnsmasq for DHCP and DNS."""
+
+    def __init__(self, index, work, records):
+        self.ns = f"gwboot{os.getpid() % 10000}x{index}"
+        self.prefix = f"10.77.{index}"
+        self.host_ip = f"{self.prefix}.1"
+        self.vm_ip = f"{self.prefix}.10"
+        self.work = work
+        self.records = records
+        self.dnsmasq = None
+
+    def __enter__(self):
+        ns = ["ip", "netns", "exec", self.ns]
+        run(["ip", "netns", "add", self.ns])
+        run(ns + ["ip", "link", "set", "lo", "up"])
+        run(ns + ["ip", "link", "add", "br0", "type", "bridge"])
+        run(ns + ["ip", "addr", "add", f"{self.host_ip}/24", "dev", "br0"])
+        run(ns + ["ip", "link", "set", "br0", "up"])
+        run(ns + ["ip", "tuntap", "add", "dev", "tap0", "mode", "tap"])
+        run(ns + ["ip", "link", "set", "tap0", "master", "br0"])
+        run(ns + ["ip", "link", "set", "tap0", "up"])
+        self.start_dns(self.records)
+        return self
+
+    def start_dns(self, records):
+        """(Re)starts dnsmasq with these DNS records (name -> address)."""
+        if self.dnsmasq:
+            self.dnsmasq.kill()
+            self.dnsmasq.wait()
+        args = ["ip", "netns", "exec", self.ns, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
+                "--no-resolv", "--no-hosts", "--bind-interfaces", "--interface=br0", "--except-interface=lo",
+                "--user=root", "--pid-file=", f"--log-facility={self.work}/dnsmasq.log", "--log-dhcp",
+                f"--dhcp-range={self.prefix}.10,{self.prefix}.50,12h", f"--dhcp-host={MAC},{self.vm_ip},gw01",
+                f"--domain={DOMAIN}", f"--local=/{DOMAIN}/", f"--dhcp-option=option:domain-search,{DOMAIN}",
+                f"--dhcp-leasefile={self.work}/leases"]
+        for name, ip in records.items():
+            args.append(f"--host-record={name},{ip}")
+        self.dnsmasq = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        if self.dnsmasq.poll() is not None:
+            raise Failed("dnsmasq did not start (is dnsmasq-base installed?)")
+
+    def __exit__(self, *exc):
+        if self.dnsmasq:
+            self.dnsmasq.kill()
+            self.dnsmasq.wait()
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+
+
+class Sim:
+    """gateway-primary-sim inside the namespace, HTTPS on the bridge address."""
+
+    def __init__(self, net, work, extra=()):
+        self.bin = TARGET / "release" / "gateway-primary-sim"
+        self.net = net
+        self.db = work / "primary.db"
+        self.tls = work / "tls"
+        self.extra = list(extra)
+        self.proc = None
+        self.log = work / "primary.log"
+
+    def cli(self, *args):
+        return run([str(self.bin), "--db", str(self.db), *args]).stdout.strip()
+
+    def start(self, extra=()):
+        cmd = ["ip", "netns", "exec", self.net.ns, str(self.bin), "--db", str(self.db), "serve",
+               "--listen", f"{self.net.host_ip}:443", "--tls-dir", str(self.tls), "--name", f"primary.{DOMAIN}",
+               "--name", self.net.host_ip, "--default-key", DEFAULT_KEY, *self.extra, *extra]
+        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "a"), stderr=subprocess.STDOUT)
+        wait_until("the primary simulator", lambda: "listening on" in self.log.read_text(), 30, 0.2)
+
+    def stop(self):
+        if self.proc:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def ca_pem(self):
+        return (self.tls / "ca.pem").read_text()
+
+    def ca_pin(self):
+        """SHA-256 of the simulator's CA certificate: what primary-ca-sha256 pins."""
+        import hashlib
+        import ssl
+        return hashlib.sha256(ssl.PEM_cert_to_DER_cert(self.ca_pem())).hexdigest()
+
+    def servers(self):
+        tree = json.loads(self.cli("servers", "--json"))
+        return [s for a in tree["accounts"] for s in a["servers"]]
+
+
+class VM:
+    """The appliance under QEMU in the namespace; serial console to a file, a monitor socket."""
+
+    def __init__(self, net, work, disk, fmt="raw", smbios=()):
+        self.net = net
+        self.work = work
+        self.disk = disk
+        self.fmt = fmt
+        self.smbios = list(smbios)
+        self.serial = work / "serial.log"
+        self.monitor = work / "monitor.sock"
+        self.proc = None
+        self.boots = 0
+
+    def start(self):
+        self.boots += 1
+        vars_fd = self.work / "vars.fd"
+        if not vars_fd.exists():
+            shutil.copy(OVMF_VARS, vars_fd)
+        with open(self.serial, "a") as f:
+            f.write(f"\n===== boot {self.boots} =====\n")
+        cmd = ["ip", "netns", "exec", self.net.ns, "qemu-system-x86_64", "-machine", "q35",
+               *accelerator(REPO / "target/image/gateway-appliance.qcow2"), "-m", "1024", "-smp", "2",
+               "-nodefaults", "-no-user-config", "-display", "none",
+               "-chardev", f"file,id=ser,path={self.serial},append=on", "-serial", "chardev:ser",
+               "-monitor", f"unix:{self.monitor},server,nowait",
+               "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+               "-drive", f"if=pflash,format=raw,file={vars_fd}",
+               "-drive", f"if=virtio,file={self.disk},format={self.fmt}",
+               "-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
+               "-device", f"virtio-net-pci,netdev=n0,mac={MAC}"]
+        for cred in self.smbios:
+            cmd += ["-smbios", f"type=11,value={cred}"]
+        self.proc = subprocess.Popen(cmd, stdout=open(self.work / "qemu.log", "a"), stderr=subprocess.STDOUT)
+        self.boot_started = time.monotonic()
+
+    def console(self):
+        text = self.serial.read_text(errors="replace") if self.serial.exists() else ""
+        return re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]|\x1b[=>][0-9]*[a-z]?|\x1b\[!p", "", text)
+
+    def this_boot(self):
+        return self.console().split(f"===== boot {self.boots} =====")[-1]
+
+    def wait_for(self, text, timeout):
+        def seen():
+            if self.proc.poll() is not None:
+                raise Failed(f"QEMU exited while waiting for {text!r}")
+            return text in self.this_boot()
+        return wait_until(f"{text!r} on the console", seen, timeout, 1.0)
+
+    def monitor_cmd(self, command):
+        import socket
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(5)
+        s.connect(str(self.monitor))
+        s.sendall(command.encode() + b"\n")
+        time.sleep(0.5)
+        s.close()
+
+    def poweroff(self, timeout=120):
+        """A clean shutdown (ACPI), so the journal reaches the disk; forced at the deadline."""
+        if not self.proc or self.proc.poll() is not None:
+            return
+        try:
+            self.monitor_cmd("system_powerdown")
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                time.sleep(1)
+        finally:
+            self.kill()
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc:
+            self.proc.wait()
+
+
+def partitions(disk):
+    out = json.loads(run(["sfdisk", "-J", str(disk)]).stdout)
+    sector = out["partitiontable"].get("sectorsize", 512)
+    return {p.get("name", ""): p["start"] * sector for p in out["partitiontable"]["partitions"]}
+
+
+def set_cmdline(disk, extra):
+    """Writes the boot entry's kernel command line (the ESP edited in place, no mount)."""
+    entry = ("title Gateway appliance\nlinux /vmlinuz\ninitrd /initrd.img\n"
+             f"options root=LABEL=gwroot ro console=ttyS0,115200 mitigations=off {extra}\n")
+    with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as f:
+        f.write(entry)
+    run(["mcopy", "-o", "-i", f"{disk}@@{ESP_OFFSET}", f.name, "::loader/entries/gateway.conf"])
+    os.unlink(f.name)
+
+
+def read_file(disk, path):
+    """A file from the root partition, after poweroff (debugfs; no mount)."""
+    off = partitions(disk)["root"]
+    r = run(["debugfs", "-R", f"cat {path}", f"{disk}?offset={off}"], check=False)
+    return r.stdout
+
+
+def journal(disk, work, unit=None):
+    """The appliance's journal (all boots), read with the host's journalctl."""
+    off = partitions(disk)["root"]
+    dest = work / "journal"
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir()
+    run(["debugfs", "-R", f"rdump /var/log/journal {dest}", f"{disk}?offset={off}"], check=False)
+    args = ["journalctl", "--no-pager", "-o", "short-monotonic", "-D", str(dest / "journal")]
+    if unit:
+        args += ["-u", unit]
+    return run(args, check=False).stdout
+
+
+def credential(name, value):
+    return f"io.systemd.credential.binary:{name}={base64.b64encode(value.encode()).decode()}"
+
+
+def prepare_disk(work, kind):
+    """A private copy of an image: raw (for the ESP edit and debugfs), sparse."""
+    disk = work / "disk.raw"
+    if kind == "factory":
+        run(["cp", "--sparse=always", str(REPO / "target/image/gateway-appliance.raw"), str(disk)], timeout=300)
+    else:
+        run(["qemu-img", "convert", "-O", "raw", str(REPO / "target/image/gateway-appliance.qcow2"), str(disk)], timeout=300)
+    return disk
