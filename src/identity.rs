@@ -16,6 +16,8 @@ pub const CERT_FILE: &str = "/var/lib/gateway/identity/cert.pem";
 pub const ACCOUNT_CA_FILE: &str = "/var/lib/gateway/identity/account-ca.pem";
 pub const PRIMARY_CA_FILE: &str = "/var/lib/gateway/identity/primary-ca.pem";
 pub const MACHINE_ID: &str = "/etc/machine-id";
+/// The app-specific machine ID as first sent to the primary, kept with the identity.
+pub const MACHINE_ID_FILE: &str = "/var/lib/gateway/identity/machine-id";
 pub const DMI_SERIAL: &str = "/sys/class/dmi/id/product_serial";
 
 /// Application ID for the app-specific machine ID (as `sd_id128_get_machine_app_specific()`
@@ -90,10 +92,30 @@ impl Identity {
     }
 }
 
+/// The machine ID the primary knows this server by. Made once (see [`derive_machine_id`])
+/// and kept, fsynced, with the key before its first use: on a first boot cut short,
+/// /etc/machine-id is not committed yet and the next boot gets a new one, but this server
+/// must stay the same machine to the primary.
+pub fn machine_id(root: &Root) -> Result<String, Failure> {
+    let path = root.path(MACHINE_ID_FILE);
+    if let Some(bytes) =
+        fsutil::read_optional(&path).map_err(|e| io(format!("reading {MACHINE_ID_FILE}"), e))?
+    {
+        let kept = String::from_utf8_lossy(&bytes).trim().to_string();
+        if kept.len() == 32 && kept.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(kept);
+        }
+    }
+    let id = derive_machine_id(root)?;
+    fsutil::write_atomic(&path, format!("{id}\n").as_bytes(), 0o644)
+        .map_err(|e| io(format!("writing {MACHINE_ID_FILE}"), e))?;
+    Ok(id)
+}
+
 /// The app-specific machine ID: HMAC-SHA256 keyed with the machine ID over our application
 /// ID, first 16 bytes, made a version-4 UUID (what `systemd-id128 machine-id --app-specific=`
 /// prints), as 32 hex digits.
-pub fn machine_id(root: &Root) -> Result<String, Failure> {
+pub fn derive_machine_id(root: &Root) -> Result<String, Failure> {
     let text = std::fs::read_to_string(root.path(MACHINE_ID)).unwrap_or_default();
     let text = text.trim();
     let bytes: Option<Vec<u8>> = (text.len() == 32)
@@ -153,6 +175,10 @@ mod tests {
         assert_eq!(machine_id(&root).unwrap_err().code, "no-machine-id");
         std::fs::write(root.path(MACHINE_ID), "0123456789abcdef0123456789abcdef\n").unwrap();
         let a = machine_id(&root).unwrap();
+        // A first boot cut short: systemd makes another machine ID; ours stays.
+        std::fs::write(root.path(MACHINE_ID), "fedcba9876543210fedcba9876543210\n").unwrap();
+        assert_eq!(machine_id(&root).unwrap(), a);
+        assert_ne!(derive_machine_id(&root).unwrap(), a);
         assert_eq!(a, machine_id(&root).unwrap());
         assert_eq!(a.len(), 32);
         assert!(!a.contains("0123456789abcdef"), "never the raw ID");

@@ -963,3 +963,25 @@ fn a_pinned_primary_is_handed_to_the_gateway_as_its_ca() {
     );
     assert_eq!(config["primary-ca-sha256"].as_str(), Some(pin.as_str()));
 }
+
+/// A first boot cut short: systemd has not committed /etc/machine-id, so the next boot
+/// brings another one. The primary must still see the same machine.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_new_machine_id_after_a_cut_first_boot_is_still_the_same_machine() {
+    for point in ["before-register", "after-register"] {
+        let env = Env::new();
+        let killed = env
+            .tree
+            .command(&["provision"])
+            .env("GATEWAY_FIRSTBOOT_FAILPOINT", point)
+            .output()
+            .unwrap();
+        assert_eq!(killed.status.code(), None, "{point}");
+        let mut env = env;
+        env.tree
+            .file("/etc/machine-id", "fedcba9876543210fedcba9876543210\n");
+        assert_code(&env.run(&["provision"]), 0);
+        assert_eq!(env.sim.all_servers().len(), 1, "{point}: one server");
+    }
+}

@@ -114,7 +114,10 @@ class Net:
         args = ["ip", "netns", "exec", self.ns, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
                 "--no-resolv", "--no-hosts", "--bind-interfaces", "--interface=br0", "--except-interface=lo",
                 "--user=root", "--pid-file=", f"--log-facility={self.work}/dnsmasq.log", "--log-dhcp",
-                f"--dhcp-range={self.prefix}.10,{self.prefix}.50,12h", f"--dhcp-host={MAC},{self.vm_ip},gw01",
+                f"--dhcp-range={self.prefix}.10,{self.prefix}.50,12h", f"--dhcp-host={MAC},{self.vm_ip}",
+                # The host name as a plain DHCP option: dnsmasq would otherwise also put a
+                # leased name into DNS, and DNS must hold exactly the scenario's records.
+                "--dhcp-option=option:hostname,gw01", "--dhcp-ignore-names",
                 f"--domain={DOMAIN}", f"--local=/{DOMAIN}/", f"--dhcp-option=option:domain-search,{DOMAIN}",
                 f"--dhcp-leasefile={self.work}/leases"]
         for name, ip in records.items():
