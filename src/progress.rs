@@ -101,6 +101,29 @@ impl Progress {
         ));
     }
 
+    /// The persisted state, or the exit status after saying why it cannot be read.
+    pub fn load_state(&mut self) -> Result<State, u8> {
+        State::load(&self.root).map_err(|f| {
+            self.failed(&State::default(), &f);
+            f.exit_code()
+        })
+    }
+
+    /// Ends a command: a failure is recorded in the state (durably: `status` finds it after a
+    /// reboot) and shown everywhere; returns the exit status.
+    pub fn finish(&mut self, state: &mut State, result: Result<(), Failure>) -> u8 {
+        let Err(f) = result else {
+            return crate::exit::OK;
+        };
+        if f.code == "server-rejected" {
+            state.trust = Some(crate::protocol::TrustState::Rejected);
+        }
+        state.last_error = Some(f.clone());
+        let _ = state.save(&self.root);
+        self.failed(state, &f);
+        f.exit_code()
+    }
+
     pub fn ready(&self) {
         Self::notify(&[NotifyState::Ready]);
     }

@@ -3,7 +3,6 @@
 //! mutual-TLS connection, then tell the gateway.
 
 use crate::cli::AwaitTrustArgs;
-use crate::exit;
 use crate::failure::{Failure, io};
 use crate::fsutil;
 use crate::identity::{ACCOUNT_CA_FILE, CERT_FILE, Identity};
@@ -21,25 +20,12 @@ pub const DEFAULT_NOTIFY: &str = "systemctl try-restart gateway.service";
 
 pub async fn run(root: &Root, args: &AwaitTrustArgs) -> anyhow::Result<u8> {
     let mut progress = Progress::new(root);
-    let mut state = match State::load(root) {
+    let mut state = match progress.load_state() {
         Ok(s) => s,
-        Err(f) => {
-            progress.failed(&State::default(), &f);
-            return Ok(f.exit_code());
-        }
+        Err(code) => return Ok(code),
     };
-    match wait(root, args, &mut state, &mut progress).await {
-        Ok(()) => Ok(exit::OK),
-        Err(f) => {
-            if f.code == "server-rejected" {
-                state.trust = Some(TrustState::Rejected);
-            }
-            state.last_error = Some(f.clone());
-            let _ = state.save(root);
-            progress.failed(&state, &f);
-            Ok(f.exit_code())
-        }
-    }
+    let result = wait(root, args, &mut state, &mut progress).await;
+    Ok(progress.finish(&mut state, result))
 }
 
 async fn wait(

@@ -34,12 +34,9 @@ pub fn failpoint(name: &str) {
 
 pub async fn run(root: &Root, args: &ProvisionArgs) -> anyhow::Result<u8> {
     let mut progress = Progress::new(root);
-    let mut state = match State::load(root) {
+    let mut state = match progress.load_state() {
         Ok(s) => s,
-        Err(f) => {
-            progress.failed(&State::default(), &f);
-            return Ok(f.exit_code());
-        }
+        Err(code) => return Ok(code),
     };
     if state.phase >= Phase::HandedOff && root.path(DONE_MARKER).exists() {
         println!(
@@ -51,15 +48,8 @@ pub async fn run(root: &Root, args: &ProvisionArgs) -> anyhow::Result<u8> {
         progress.ready();
         return Ok(exit::OK);
     }
-    match steps(root, args, &mut state, &mut progress).await {
-        Ok(()) => Ok(exit::OK),
-        Err(f) => {
-            state.last_error = Some(f.clone());
-            let _ = state.save(root);
-            progress.failed(&state, &f);
-            Ok(f.exit_code())
-        }
-    }
+    let result = steps(root, args, &mut state, &mut progress).await;
+    Ok(progress.finish(&mut state, result))
 }
 
 async fn steps(

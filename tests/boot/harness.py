@@ -117,15 +117,16 @@ class Net:
                 f"--dhcp-range={self.prefix}.10,{self.prefix}.50,12h", f"--dhcp-host={MAC},{self.vm_ip}",
                 # The host name as a plain DHCP option: dnsmasq would otherwise also put a
                 # leased name into DNS, and DNS must hold exactly the scenario's records.
-                "--dhcp-option=option:hostname,gw01", "--dhcp-ignore-names",
+                "--dhcp-option=12,gw01", "--dhcp-ignore-names",
                 f"--domain={DOMAIN}", f"--local=/{DOMAIN}/", f"--dhcp-option=option:domain-search,{DOMAIN}",
                 f"--dhcp-leasefile={self.work}/leases"]
         for name, ip in records.items():
             args.append(f"--host-record={name},{ip}")
-        self.dnsmasq = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        errors = self.work / "dnsmasq.err"
+        self.dnsmasq = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(errors, "w"))
         time.sleep(0.5)
         if self.dnsmasq.poll() is not None:
-            raise Failed("dnsmasq did not start (is dnsmasq-base installed?)")
+            raise Failed(f"dnsmasq did not start: {errors.read_text().strip()}")
 
     def __exit__(self, *exc):
         if self.dnsmasq:

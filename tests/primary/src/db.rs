@@ -244,20 +244,22 @@ impl Db {
         Ok(())
     }
 
+    fn account_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
+        Ok(Account {
+            id: r.get(0)?,
+            domain: r.get(1)?,
+            ca_cert: r.get(2)?,
+            ca_key: r.get(3)?,
+        })
+    }
+
     pub fn account(&self, domain: &str) -> Result<Option<Account>> {
         Ok(self
             .conn
             .query_row(
                 "SELECT id, domain, ca_cert, ca_key FROM accounts WHERE domain = ?1",
                 [domain],
-                |r| {
-                    Ok(Account {
-                        id: r.get(0)?,
-                        domain: r.get(1)?,
-                        ca_cert: r.get(2)?,
-                        ca_key: r.get(3)?,
-                    })
-                },
+                Self::account_from_row,
             )
             .optional()?)
     }
@@ -266,14 +268,7 @@ impl Db {
         Ok(self.conn.query_row(
             "SELECT id, domain, ca_cert, ca_key FROM accounts WHERE id = ?1",
             [id],
-            |r| {
-                Ok(Account {
-                    id: r.get(0)?,
-                    domain: r.get(1)?,
-                    ca_cert: r.get(2)?,
-                    ca_key: r.get(3)?,
-                })
-            },
+            Self::account_from_row,
         )?)
     }
 
@@ -281,14 +276,7 @@ impl Db {
         let mut stmt = self
             .conn
             .prepare("SELECT id, domain, ca_cert, ca_key FROM accounts ORDER BY domain")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(Account {
-                id: r.get(0)?,
-                domain: r.get(1)?,
-                ca_cert: r.get(2)?,
-                ca_key: r.get(3)?,
-            })
-        })?;
+        let rows = stmt.query_map([], Self::account_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
