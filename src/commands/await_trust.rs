@@ -105,7 +105,11 @@ async fn wait(
             }
             tokio::time::sleep(wait).await;
         }
-        let p = Primary::connect(root, &endpoint, &account, None).await?;
+        // The client that saw the authorization fetches the certificate too.
+        let p = match primary.take() {
+            Some(p) => p,
+            None => Primary::connect(root, &endpoint, &account, None).await?,
+        };
         let bundle = p.certificate(&id, &token).await?;
         fsutil::write_atomic(&root.path(ACCOUNT_CA_FILE), bundle.ca.as_bytes(), 0o644)
             .map_err(|e| io(format!("writing {ACCOUNT_CA_FILE}"), e))?;

@@ -62,11 +62,13 @@ async fn steps(
     if state.phase < Phase::Registered {
         let settings = settings_step(root, args, state, progress)?;
         failpoint("after-validate");
-        let report = dns_step(root, &settings, state, progress).await?;
+        // This host's addresses: compared with DNS, then sent with the registration.
+        let own = dns::own_addresses();
+        let report = dns_step(root, &settings, &own, state, progress).await?;
         failpoint("after-dns");
         let primary = connect_step(root, &settings, state, progress).await?;
         failpoint("after-connect");
-        register_step(root, &settings, &primary, report, state, progress).await?;
+        register_step(root, &settings, &primary, report, own, state, progress).await?;
     } else {
         progress.step(
             state,
@@ -174,6 +176,7 @@ fn apply_hostname(root: &Root, name: &str) -> Result<(), Failure> {
 async fn dns_step(
     root: &Root,
     settings: &Settings,
+    own: &[std::net::IpAddr],
     state: &mut State,
     progress: &mut Progress,
 ) -> Result<DnsReport, Failure> {
@@ -199,7 +202,6 @@ async fn dns_step(
         progress.step(state, progress::MSG_DNS_OK, "DNS self-check is off");
         return Ok(report);
     }
-    let own = dns::own_addresses();
     let resolver = dns::resolver(root, &settings.nameservers);
     let mut backoff = Backoff::new(BASE, CAP, settings.deadline);
     let outcome = loop {
@@ -207,7 +209,7 @@ async fn dns_step(
             resolver.as_ref().map_err(String::as_str),
             &host,
             fqdn.as_deref(),
-            &own,
+            own,
         )
         .await;
         if outcome.report.status == DnsStatus::Ok || settings.dns_check == DnsCheck::Warn {
@@ -318,6 +320,7 @@ async fn register_step(
     settings: &Settings,
     primary: &Primary,
     report: DnsReport,
+    addresses: Vec<std::net::IpAddr>,
     state: &mut State,
     progress: &mut Progress,
 ) -> Result<(), Failure> {
@@ -330,7 +333,7 @@ async fn register_step(
         machine_id: identity::machine_id(root)?,
         hostname: short_host.clone(),
         fqdn: fqdn.clone(),
-        addresses: dns::own_addresses(),
+        addresses,
         dns: report,
         serial: identity::dmi_serial(root),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),

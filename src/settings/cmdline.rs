@@ -9,7 +9,7 @@
 use super::{
     Entry, Key, Layer, Origin, PARAM_PREFIX, PROC_CMDLINE, RawValue, SEED_CREDENTIAL, Source,
 };
-use crate::problem::{Problem, closest};
+use crate::problem::Problem;
 
 /// One parameter: its name and, if it had `=`, its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,11 +112,9 @@ pub fn parse(cmdline: &[u8]) -> (Layer, Vec<Problem>) {
             continue;
         };
         let Some(key) = Key::from_param_name(name) else {
-            let known: Vec<String> = Key::ALL.iter().map(|k| k.param_name()).collect();
-            let fix = match closest(&name.replace('-', "_"), known.iter().map(String::as_str)) {
-                Some(near) => format!("did you mean {PARAM_PREFIX}{near}?"),
-                None => "remove it; docs/seed.md lists the gateway.* parameters".to_string(),
-            };
+            let fix = Key::suggest_param(name).unwrap_or_else(|| {
+                "remove it; docs/seed.md lists the gateway.* parameters".to_string()
+            });
             problems.push(
                 Problem::error(
                     "unknown-parameter",

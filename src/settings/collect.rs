@@ -55,10 +55,6 @@ impl Collected {
     pub fn has_seed(&self) -> bool {
         self.given
     }
-
-    pub fn has_errors(&self) -> bool {
-        self.problems.iter().any(Problem::is_error)
-    }
 }
 
 /// Reads every source under `root`.

@@ -4,7 +4,7 @@
 //! `$CREDENTIALS_DIRECTORY`.
 
 use super::{Entry, Key, Layer, Origin, PARAM_PREFIX, RawValue, SEED_CREDENTIAL, Source, seed};
-use crate::problem::{Problem, closest};
+use crate::problem::Problem;
 use std::path::Path;
 
 /// Reads the credentials in `dir` (a real path). Returns the per-setting layer and, if there is
@@ -87,16 +87,9 @@ pub fn parse(name: &str, content: &[u8]) -> (Option<Entry>, Option<Layer>, Vec<P
     }
     let short = &name[PARAM_PREFIX.len()..];
     let Some(key) = Key::from_param_name(short) else {
-        let known: Vec<String> = Key::ALL
-            .iter()
-            .map(|k| format!("{PARAM_PREFIX}{}", k.param_name()))
-            .collect();
-        let fix = match closest(&name.replace('-', "_"), known.iter().map(String::as_str)) {
-            Some(near) => format!("did you mean {near}?"),
-            None => format!(
-                "remove it; known names are {SEED_CREDENTIAL} and the gateway.* parameters in docs/seed.md"
-            ),
-        };
+        let fix = Key::suggest_param(short).unwrap_or_else(|| {
+            format!("remove it; known names are {SEED_CREDENTIAL} and the gateway.* parameters in docs/seed.md")
+        });
         let problem =
             Problem::error("unknown-credential", subject, "unknown credential name").fix(fix);
         return (None, None, vec![problem]);

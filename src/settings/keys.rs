@@ -84,6 +84,13 @@ impl Key {
         }
     }
 
+    /// "did you mean gateway.account?" for a misspelt name after `gateway.`, if one is near.
+    pub fn suggest_param(name: &str) -> Option<String> {
+        let known: Vec<String> = Key::ALL.iter().map(|k| k.param_name()).collect();
+        crate::problem::closest(&name.replace('-', "_"), known.iter().map(String::as_str))
+            .map(|near| format!("did you mean gateway.{near}?"))
+    }
+
     pub fn is_secret(self) -> bool {
         self.kind() == Kind::Secret
     }

@@ -119,26 +119,6 @@ fn unknown_key(name: &str, origin: &Origin) -> Problem {
     .fix(fix)
 }
 
-/// Serialises settings as a seed document (used by the installer and by seed tools).
-/// Secrets are written in the clear: the result goes to a 0600 file, never to output.
-pub fn render(values: &[(Key, RawValue)]) -> String {
-    let mut table = toml::Table::new();
-    for (key, value) in values {
-        let v = match value {
-            RawValue::Text(s) => toml::Value::String(s.clone()),
-            RawValue::Secret(s) => toml::Value::String(s.expose().to_string()),
-            RawValue::Int(i) => toml::Value::Integer(*i),
-            RawValue::Bool(b) => toml::Value::Boolean(*b),
-            RawValue::List(items) => {
-                toml::Value::Array(items.iter().cloned().map(toml::Value::String).collect())
-            }
-            RawValue::Other(_) => continue,
-        };
-        table.insert(key.name().to_string(), v);
-    }
-    toml::to_string(&table).unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,22 +199,5 @@ mod tests {
             layer.get(Key::ApiKey).unwrap().value,
             RawValue::Other("an integer")
         );
-    }
-
-    #[test]
-    fn render_round_trips() {
-        let values = vec![
-            (Key::Primary, RawValue::Text("p.example:8443".into())),
-            (
-                Key::ApiKey,
-                RawValue::Secret(Secret::new("k\"ey with quote")),
-            ),
-            (Key::Nameservers, RawValue::List(vec!["10.0.0.1".into()])),
-        ];
-        let (layer, problems) = parse(&render(&values), src());
-        assert!(problems.is_empty());
-        for (key, value) in values {
-            assert_eq!(layer.get(key).unwrap().value, value);
-        }
     }
 }

@@ -253,31 +253,31 @@ impl Db {
         })
     }
 
+    fn accounts_where(&self, clause: &str, param: &dyn rusqlite::ToSql) -> Result<Vec<Account>> {
+        let sql = format!(
+            "SELECT id, domain, ca_cert, ca_key FROM accounts WHERE {clause} ORDER BY domain"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map([param], Self::account_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn account(&self, domain: &str) -> Result<Option<Account>> {
         Ok(self
-            .conn
-            .query_row(
-                "SELECT id, domain, ca_cert, ca_key FROM accounts WHERE domain = ?1",
-                [domain],
-                Self::account_from_row,
-            )
-            .optional()?)
+            .accounts_where("domain = ?1", &domain)?
+            .into_iter()
+            .next())
     }
 
     pub fn account_by_id(&self, id: i64) -> Result<Account> {
-        Ok(self.conn.query_row(
-            "SELECT id, domain, ca_cert, ca_key FROM accounts WHERE id = ?1",
-            [id],
-            Self::account_from_row,
-        )?)
+        self.accounts_where("id = ?1", &id)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("no account with id {id}"))
     }
 
     pub fn accounts(&self) -> Result<Vec<Account>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, domain, ca_cert, ca_key FROM accounts ORDER BY domain")?;
-        let rows = stmt.query_map([], Self::account_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.accounts_where("?1 = 1", &1)
     }
 
     /// A stamp that changes whenever accounts are added (their CAs feed the TLS verifier).
