@@ -48,6 +48,23 @@ pub enum Command {
     Status(StatusArgs),
     /// Write, show or clear the seed in a factory image's GWSEED partition (no mounting)
     Seed(SeedArgs),
+    /// Ask for the primary, the account and the API key on the console, check them with the
+    /// primary, save them in /etc/gateway/seed.toml and provision
+    Install(InstallArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Ask for the primary server address, the account domain name and the \
+    API key on the terminal (the key masked; blank means the default restricted key), check \
+    each answer, validate them with the primary, ask again for whatever is wrong, then save \
+    them in /etc/gateway/seed.toml (mode 0600) and provision in the foreground.\n\n\
+    Without a terminal nothing is asked: --primary, --account and --api-key-file give the \
+    answers. Other settings flags are used and saved too."
+)]
+pub struct InstallArgs {
+    #[command(flatten)]
+    pub settings: SettingsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +95,11 @@ pub enum SeedCommand {
 
 #[derive(Debug, Args)]
 pub struct ProvisionArgs {
+    /// With no settings anywhere, wait for a seed (the installer's, a GWSEED stick) instead of
+    /// stopping with exit status 66; the unit runs with this
+    #[arg(long)]
+    pub wait_for_seed: bool,
+
     #[command(flatten)]
     pub settings: SettingsArgs,
 }

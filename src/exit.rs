@@ -24,6 +24,10 @@ pub const NOPERM: u8 = 77;
 /// The settings do not fit the primary (unknown account domain, untrusted certificate, ...).
 pub const CONFIG: u8 = 78;
 
+/// The installer was cancelled (Ctrl-C) before it changed anything; 128 + SIGINT, as a shell
+/// reports an interrupted command.
+pub const CANCELLED: u8 = 130;
+
 /// The table shown at the end of `--help`.
 pub const HELP: &str = "\
 Exit status:
@@ -38,5 +42,6 @@ Exit status:
   76  the primary's answer does not follow the protocol
   77  API key refused, or the server was rejected
   78  settings do not fit the primary (account, certificate)
+  130 the installer was cancelled before it changed anything
 status: 0 trusted, 1 failed, 2 done with warnings, 3 waiting for
   authorization, 4 in progress";

@@ -64,7 +64,7 @@ pub fn without_api_key(text: &str) -> Option<String> {
     if !errors.is_empty() {
         return None;
     }
-    let (key, value) = table
+    let (_, value) = table
         .get_ref()
         .iter()
         .find(|(k, _)| k.get_ref() == "api-key")?;
@@ -73,11 +73,7 @@ pub fn without_api_key(text: &str) -> Option<String> {
     {
         return None;
     }
-    let start = text[..key.span().start].rfind('\n').map_or(0, |i| i + 1);
-    let end = text[value.span().end..]
-        .find('\n')
-        .map_or(text.len(), |i| value.span().end + i + 1);
-    Some(format!("{}{}", &text[..start], &text[end..]))
+    seed::without_keys(text, &["api-key"])
 }
 
 /// Removes the API key from every writable seed that holds one. Returns what it could not do

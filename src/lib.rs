@@ -10,6 +10,7 @@ pub mod failure;
 pub mod fsutil;
 pub mod handoff;
 pub mod identity;
+pub mod lock;
 pub mod logging;
 pub mod primary;
 pub mod problem;
@@ -18,8 +19,10 @@ pub mod protocol;
 pub mod retry;
 pub mod root;
 pub mod secret;
+pub mod seedwatch;
 pub mod settings;
 pub mod state;
+pub mod tty;
 
 use cli::{Cli, Command};
 
@@ -33,6 +36,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<u8> {
         Command::AwaitTrust(args) => runtime()?.block_on(commands::await_trust::run(&root, args)),
         Command::Status(args) => runtime()?.block_on(commands::status::run(&root, args)),
         Command::Seed(args) => commands::seed::run(args),
+        Command::Install(args) => runtime()?.block_on(commands::install::run(&root, args)),
     }
 }
 

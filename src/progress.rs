@@ -12,6 +12,8 @@ use std::time::Duration;
 
 pub const STATUS_FILE: &str = "/run/gateway-firstboot/status.json";
 pub const ISSUE_FILE: &str = "/etc/issue.d/gateway-firstboot.issue";
+/// Touched to make running agetty instances redraw the login prompt (`agetty --reload`).
+pub const AGETTY_RELOAD: &str = "/run/agetty.reload";
 
 // Journal MESSAGE_IDs (`journalctl MESSAGE_ID=…`); generated once, never changed.
 pub const MSG_STARTED: &str = "5b1f0c6e2a9d4c7f8e3a1b2c4d5e6f70";
@@ -26,6 +28,7 @@ pub const MSG_HANDED_OFF: &str = "d39584e0a27344f0a6b293a4d5e6f708";
 pub const MSG_AWAITING_TRUST: &str = "e4a695f1b38445a1b7c3a4b5e6f70819";
 pub const MSG_TRUSTED: &str = "f5b7a602c49546b2c8d4b5c6f708192a";
 pub const MSG_FAILED: &str = "06c8b713d5a647c3d9e5c6d708192a3b";
+pub const MSG_WAITING_FOR_SEED: &str = "0d78282148414d0bba53d5b66c9e2b29";
 
 /// Slack added to every timeout extension beyond the wait itself.
 const EXTEND_SLACK: Duration = Duration::from_secs(90);
@@ -134,6 +137,15 @@ impl Progress {
         let text = format!("{}\n\n", line.replace('\\', "\\\\"));
         if let Err(e) = fsutil::write_quick(&self.root.path(ISSUE_FILE), text.as_bytes(), 0o644) {
             log::warn!("writing {ISSUE_FILE}: {e}");
+            return;
+        }
+        // A login prompt already on screen shows the new line at once: touching this file is
+        // what `agetty --reload` does. It exists where agetty runs (tmpfiles.d makes it early).
+        if let Ok(f) = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.root.path(AGETTY_RELOAD))
+        {
+            let _ = f.set_modified(std::time::SystemTime::now());
         }
     }
 

@@ -100,7 +100,7 @@ fn summary(s: &Settings) -> String {
 
 /// The installer's check: reach the primary (DNS, TCP, TLS, clock) and validate the account
 /// domain and the key, once, without registering.
-async fn online(root: &Root, s: &Settings) -> Result<String, crate::failure::Failure> {
+pub async fn online(root: &Root, s: &Settings) -> Result<String, crate::failure::Failure> {
     use crate::primary::{Endpoint, Primary};
     let primary = Primary::connect(root, &Endpoint::from_settings(s), &s.account, None).await?;
     primary.health().await?;

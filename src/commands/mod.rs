@@ -2,6 +2,7 @@
 
 pub mod await_trust;
 pub mod check;
+pub mod install;
 pub mod provision;
 pub mod seed;
 pub mod show_config;

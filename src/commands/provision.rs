@@ -9,12 +9,13 @@ use crate::failure::{Failure, io};
 use crate::fsutil;
 use crate::handoff;
 use crate::identity::{self, Identity};
+use crate::lock::Lock;
 use crate::primary::{Endpoint, Primary};
 use crate::progress::{self, Progress};
 use crate::protocol::{DnsReport, DnsStatus, Registration, TrustState, short_fingerprint};
 use crate::retry::Backoff;
 use crate::root::Root;
-use crate::settings::{self, Settings, validate::DnsCheck};
+use crate::settings::{self, Collected, Settings, validate::DnsCheck};
 use crate::state::{DONE_MARKER, Phase, State, TOKEN_FILE};
 use std::time::Duration;
 
@@ -33,34 +34,110 @@ pub fn failpoint(name: &str) {
 }
 
 pub async fn run(root: &Root, args: &ProvisionArgs) -> anyhow::Result<u8> {
+    let load = || super::load(root, &args.settings);
+    Ok(provision(root, &load, args.wait_for_seed, None).await)
+}
+
+/// Provisions from the settings `load` collects. With `wait_for_seed` and nothing to provision
+/// from, waits for a seed first. `held`: the provisioning lock, if the caller took it already
+/// (the installer, which writes the seed under it).
+pub async fn provision(
+    root: &Root,
+    load: &dyn Fn() -> Collected,
+    wait_for_seed: bool,
+    held: Option<Lock>,
+) -> u8 {
     let mut progress = Progress::new(root);
+    let state = match progress.load_state() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    if let Some(code) = already_provisioned(root, &state, &mut progress) {
+        return code;
+    }
+    if wait_for_seed && held.is_none() && state.phase < Phase::Registered && !load().has_target() {
+        wait_for_seed_step(root, load, &state, &mut progress).await;
+    }
+    let _lock = match held {
+        Some(lock) => lock,
+        None => {
+            let waiting = || {
+                let text = "another provisioning run (gateway-firstboot install?) is in progress; waiting for it to end";
+                println!("gateway-firstboot: {text}");
+                log::info!("{text}");
+            };
+            match crate::lock::lock(root, waiting).await {
+                Ok(lock) => lock,
+                Err(e) => {
+                    let mut state = state;
+                    let failure = io(format!("taking {}", crate::lock::LOCK_FILE), e);
+                    return progress.finish(&mut state, Err(failure));
+                }
+            }
+        }
+    };
+    // Whoever held the lock may have provisioned meanwhile: read the state again.
     let mut state = match progress.load_state() {
         Ok(s) => s,
-        Err(code) => return Ok(code),
+        Err(code) => return code,
     };
-    if state.phase >= Phase::HandedOff && root.path(DONE_MARKER).exists() {
-        println!(
-            "gateway-firstboot: already provisioned: server {} ({})",
-            state.server_id.as_deref().unwrap_or("?"),
-            progress::describe(state.phase)
-        );
-        progress.write_status(&state);
-        progress.ready();
-        return Ok(exit::OK);
+    if let Some(code) = already_provisioned(root, &state, &mut progress) {
+        return code;
     }
-    let result = steps(root, args, &mut state, &mut progress).await;
-    Ok(progress.finish(&mut state, result))
+    let result = steps(root, load, &mut state, &mut progress).await;
+    progress.finish(&mut state, result)
+}
+
+fn already_provisioned(root: &Root, state: &State, progress: &mut Progress) -> Option<u8> {
+    if state.phase < Phase::HandedOff || !root.path(DONE_MARKER).exists() {
+        return None;
+    }
+    println!(
+        "gateway-firstboot: already provisioned: server {} ({})",
+        state.server_id.as_deref().unwrap_or("?"),
+        progress::describe(state.phase)
+    );
+    progress.write_status(state);
+    progress.ready();
+    Some(exit::OK)
+}
+
+/// Nothing to provision from yet: say so on the console (the login prompt) and wait for a
+/// seed. The unit reports ready so that the boot completes and a person can log in.
+async fn wait_for_seed_step(
+    root: &Root,
+    load: &dyn Fn() -> Collected,
+    state: &State,
+    progress: &mut Progress,
+) {
+    progress.step(
+        state,
+        progress::MSG_WAITING_FOR_SEED,
+        "no provisioning settings yet: waiting for a seed (run `gateway-firstboot install` \
+         on the console, or plug in a USB stick labelled GWSEED holding seed.toml)",
+    );
+    progress.console(
+        "This gateway has no provisioning settings yet.\n\
+         Log in as root and run: gateway-firstboot install\n\
+         (or plug in a USB stick labelled GWSEED holding seed.toml: provisioning then starts by itself)",
+    );
+    progress.ready();
+    crate::seedwatch::wait(root, || load().has_target()).await;
+    progress.console(
+        "Gateway provisioning is running (settings found); `gateway-firstboot status` shows where it stands.",
+    );
+    progress.step(state, progress::MSG_STARTED, "settings found: provisioning");
 }
 
 async fn steps(
     root: &Root,
-    args: &ProvisionArgs,
+    load: &dyn Fn() -> Collected,
     state: &mut State,
     progress: &mut Progress,
 ) -> Result<(), Failure> {
     progress.step(state, progress::MSG_STARTED, "provisioning this gateway");
     if state.phase < Phase::Registered {
-        let settings = settings_step(root, args, state, progress)?;
+        let settings = settings_step(root, load(), state, progress)?;
         failpoint("after-validate");
         // This host's addresses: compared with DNS, then sent with the registration.
         let own = dns::own_addresses();
@@ -82,11 +159,10 @@ async fn steps(
 /// Collects and validates the settings; every problem is printed, errors stop.
 fn settings_step(
     root: &Root,
-    args: &ProvisionArgs,
+    collected: Collected,
     state: &mut State,
     progress: &mut Progress,
 ) -> Result<Settings, Failure> {
-    let collected = super::load(root, &args.settings);
     let (settings, problems) = settings::validate(root, &collected);
     let mut out = std::io::stdout().lock();
     let _ = super::check::print_problems(&mut out, &problems);

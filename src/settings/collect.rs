@@ -55,6 +55,19 @@ impl Collected {
     pub fn has_seed(&self) -> bool {
         self.given
     }
+
+    /// True when some source other than the vendor defaults names the primary or the account,
+    /// or a source is broken: there is something to provision from, or to report. Until then
+    /// the unit waits for a seed (`provision --wait-for-seed`); site-wide settings alone (a CA
+    /// pin in a credential) do not end the wait.
+    pub fn has_target(&self) -> bool {
+        self.problems.iter().any(Problem::is_error)
+            || self
+                .layers
+                .iter()
+                .filter(|l| !matches!(l.source, Source::Default(_)))
+                .any(|l| l.get(Key::Primary).is_some() || l.get(Key::Account).is_some())
+    }
 }
 
 /// Reads every source under `root`.

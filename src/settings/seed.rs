@@ -119,6 +119,79 @@ fn unknown_key(name: &str, origin: &Origin) -> Problem {
     .fix(fix)
 }
 
+/// Byte ranges of the whole lines assigning `name` at the top level of `text`; `None` if the
+/// text is not valid TOML.
+fn assignment_lines(text: &str, names: &[&str]) -> Option<Vec<std::ops::Range<usize>>> {
+    let (table, errors) = DeTable::parse_recoverable(text);
+    if !errors.is_empty() {
+        return None;
+    }
+    let mut ranges: Vec<_> = table
+        .get_ref()
+        .iter()
+        .filter(|(k, _)| names.contains(&k.get_ref().as_ref()))
+        .map(|(k, v)| {
+            let start = text[..k.span().start].rfind('\n').map_or(0, |i| i + 1);
+            let end = text[v.span().end..]
+                .find('\n')
+                .map_or(text.len(), |i| v.span().end + i + 1);
+            start..end
+        })
+        .collect();
+    ranges.sort_by_key(|r| r.start);
+    Some(ranges)
+}
+
+/// `text` without its top-level assignments of `names`, every other byte kept; `None` if the
+/// text is not valid TOML.
+pub fn without_keys(text: &str, names: &[&str]) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for range in assignment_lines(text, names)? {
+        out.push_str(&text[at..range.start.max(at)]);
+        at = at.max(range.end);
+    }
+    out.push_str(&text[at..]);
+    Some(out)
+}
+
+/// A value as TOML source text.
+fn toml_literal(value: &RawValue) -> Option<String> {
+    let v = match value {
+        RawValue::Text(s) => toml::Value::String(s.clone()),
+        RawValue::Secret(s) => toml::Value::String(s.expose().to_string()),
+        RawValue::Int(i) => toml::Value::Integer(*i),
+        RawValue::Bool(b) => toml::Value::Boolean(*b),
+        RawValue::List(items) => {
+            toml::Value::Array(items.iter().cloned().map(toml::Value::String).collect())
+        }
+        RawValue::Other(_) => return None,
+    };
+    Some(v.to_string())
+}
+
+/// The seed document `existing` with `entries` set: their old assignments removed, the new ones
+/// written first under `comment`; every other line (settings, comments) kept as it was.
+/// `None` if `existing` is not valid TOML (the caller says so rather than lose it).
+pub fn with_entries(existing: &str, entries: &[Entry], comment: &str) -> Option<String> {
+    let names: Vec<&str> = entries.iter().map(|e| e.key.name()).collect();
+    let rest = without_keys(existing, &names)?;
+    let mut out = String::new();
+    for line in comment.lines() {
+        out.push_str(&format!("# {line}\n"));
+    }
+    for entry in entries {
+        if let Some(literal) = toml_literal(&entry.value) {
+            out.push_str(&format!("{} = {literal}\n", entry.key.name()));
+        }
+    }
+    if !rest.trim().is_empty() {
+        out.push('\n');
+        out.push_str(rest.trim_start_matches('\n'));
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +271,51 @@ mod tests {
         assert_eq!(
             layer.get(Key::ApiKey).unwrap().value,
             RawValue::Other("an integer")
+        );
+    }
+
+    #[test]
+    fn writing_keeps_every_other_line_and_reads_back() {
+        let existing = "# site settings\nprimary = \"old.example\"  # old\ndns-check = \"off\"\napi-key = \"\"\"\nOldKeyOldKeyOldKey0\"\"\"\naccount = 'old.example'\n";
+        let entries = [
+            (
+                Key::Primary,
+                RawValue::Text("https://p.example:8443/".into()),
+            ),
+            (Key::Account, RawValue::Text("acme \"quoted\"\\".into())),
+            (
+                Key::ApiKey,
+                RawValue::Secret(Secret::new("NewKeyNewKeyNewKey1")),
+            ),
+            (Key::Nameservers, RawValue::List(vec!["192.0.2.53".into()])),
+        ]
+        .map(|(key, value)| Entry {
+            key,
+            value,
+            origin: Origin::new(Source::Flag),
+        });
+        let text = with_entries(existing, &entries, "written by a test").unwrap();
+        assert!(text.starts_with("# written by a test\n"), "{text}");
+        assert!(
+            text.contains("# site settings\n") && text.contains("dns-check = \"off\"\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("old.example") && !text.contains("OldKey"),
+            "{text}"
+        );
+        let (layer, problems) = parse(&text, src());
+        assert!(problems.is_empty(), "{problems:?}");
+        let value = |k| layer.get(k).map(|e| e.value.clone());
+        assert_eq!(value(Key::Primary), Some(entries[0].value.clone()));
+        assert_eq!(value(Key::Account), Some(entries[1].value.clone()));
+        assert_eq!(value(Key::ApiKey), Some(entries[2].value.clone()));
+        assert_eq!(value(Key::Nameservers), Some(entries[3].value.clone()));
+        assert_eq!(value(Key::DnsCheck), Some(RawValue::Text("off".into())));
+        assert_eq!(
+            with_entries("primary = [", &entries, "x"),
+            None,
+            "broken TOML overwritten"
         );
     }
 }

@@ -1,0 +1,528 @@
+//! `install`: the console installer, for an appliance started without any seed. It asks for
+//! the primary server address, the account domain name and the API key, checks each answer
+//! with `check`'s rules and messages, validates them with the primary as `check --online`
+//! does, asks again for whatever was wrong (keeping what was right), then writes
+//! `/etc/gateway/seed.toml` (0600) and provisions in the foreground.
+//!
+//! Without a terminal it asks nothing: `--primary`, `--account` and `--api-key-file` give the
+//! answers, and anything missing is an error.
+
+use crate::cli::InstallArgs;
+use crate::exit;
+use crate::fsutil;
+use crate::problem::Problem;
+use crate::root::Root;
+use crate::secret::Secret;
+use crate::settings::{
+    self, Collected, ETC_SEED, Entry, Key, Layer, Origin, RawValue, Source, collect::Inputs,
+};
+use crate::state::{DONE_MARKER, State};
+use crate::tty;
+use std::future::Future;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+/// The three questions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Primary,
+    Account,
+    ApiKey,
+}
+
+const FIELDS: [Field; 3] = [Field::Primary, Field::Account, Field::ApiKey];
+
+impl Field {
+    fn label(self) -> &'static str {
+        match self {
+            Field::Primary => "Primary server address",
+            Field::Account => "Account domain name",
+            Field::ApiKey => "API key",
+        }
+    }
+
+    /// The codes of `check`'s problems about this field.
+    fn owns(self, problem: &Problem) -> bool {
+        let codes: &[&str] = match self {
+            Field::Primary => &["invalid-primary", "primary-missing"],
+            Field::Account => &["invalid-account", "account-missing"],
+            Field::ApiKey => &["invalid-api-key", "api-key-missing"],
+        };
+        codes.contains(&problem.code)
+    }
+}
+
+/// The fields an online failure is about: asked again, in this order.
+fn at_fault(code: &str) -> &'static [Field] {
+    match code {
+        "account-unknown" => &[Field::Account],
+        "key-account-mismatch" => &[Field::Account, Field::ApiKey],
+        "key-rejected" | "key-expired" | "key-ip-not-allowed" | "key-restricted" => {
+            &[Field::ApiKey]
+        }
+        "primary-dns"
+        | "primary-refused"
+        | "primary-unreachable"
+        | "primary-timeout"
+        | "primary-reset"
+        | "primary-error"
+        | "rate-limited"
+        | "clock-wrong"
+        | "tls-certificate"
+        | "tls-pin-mismatch"
+        | "tls-handshake"
+        | "not-a-primary" => &[Field::Primary],
+        _ => &[],
+    }
+}
+
+/// The API key answer.
+#[derive(Debug, Clone)]
+enum KeyAnswer {
+    /// Not answered: whatever the other sources give (or the default key).
+    Keep,
+    /// Blank: the default restricted key.
+    Default,
+    Typed(Secret),
+}
+
+/// The answers so far, and the flags the command was given.
+struct Answers {
+    primary: Option<String>,
+    account: Option<String>,
+    key: KeyAnswer,
+    /// Every other flag (`--primary-ca`, `--nameserver`, ...): used and written to the seed.
+    flags: Layer,
+}
+
+impl Answers {
+    fn entries(&self) -> Vec<Entry> {
+        let origin = || Origin::new(Source::Flag);
+        let mut out = Vec::new();
+        if let Some(p) = &self.primary {
+            out.push(Entry {
+                key: Key::Primary,
+                value: RawValue::Text(p.clone()),
+                origin: origin(),
+            });
+        }
+        if let Some(a) = &self.account {
+            out.push(Entry {
+                key: Key::Account,
+                value: RawValue::Text(a.clone()),
+                origin: origin(),
+            });
+        }
+        let key = match &self.key {
+            KeyAnswer::Keep => None,
+            KeyAnswer::Default => Some(Secret::new("")),
+            KeyAnswer::Typed(s) => Some(s.clone()),
+        };
+        if let Some(key) = key {
+            out.push(Entry {
+                key: Key::ApiKey,
+                value: RawValue::Secret(key),
+                origin: origin(),
+            });
+        }
+        out.extend(self.flags.entries.iter().cloned());
+        out
+    }
+
+    /// Every source, with the answers on top (as flags).
+    fn collect(&self, root: &Root) -> Collected {
+        let mut layer = Layer::new(Source::Flag);
+        layer.entries = self.entries();
+        settings::collect(
+            root,
+            Inputs {
+                flags: Some(layer),
+                flag_problems: Vec::new(),
+                credentials_dir: credentials_dir(),
+            },
+        )
+    }
+}
+
+fn credentials_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os(super::CREDENTIALS_ENV)
+        .filter(|d| !d.is_empty())
+        .map(Into::into)
+}
+
+pub async fn run(root: &Root, args: &InstallArgs) -> anyhow::Result<u8> {
+    let interactive = tty::interactive();
+    let mut out = std::io::stdout();
+    if let Ok(state) = State::load(root)
+        && root.path(DONE_MARKER).exists()
+    {
+        println!(
+            "This server is provisioned already (server {}, {}): nothing to do.\n\
+             `gateway-firstboot status` shows where it stands.",
+            state.server_id.as_deref().unwrap_or("?"),
+            crate::progress::describe(state.phase)
+        );
+        return Ok(exit::OK);
+    }
+
+    let (mut flags, flag_problems) = args.settings.to_layer();
+    if !flag_problems.is_empty() {
+        super::check::print_problems(&mut out, &flag_problems)?;
+        return Ok(exit::USAGE);
+    }
+    let take = |flags: &mut Layer, key: Key| {
+        let i = flags.entries.iter().position(|e| e.key == key)?;
+        Some(flags.entries.remove(i).value)
+    };
+    let text = |v: Option<RawValue>| match v {
+        Some(RawValue::Text(s)) => Some(s),
+        _ => None,
+    };
+    let mut answers = Answers {
+        primary: text(take(&mut flags, Key::Primary)),
+        account: text(take(&mut flags, Key::Account)),
+        key: match take(&mut flags, Key::ApiKey) {
+            Some(RawValue::Secret(s)) if s.is_blank() => KeyAnswer::Default,
+            Some(RawValue::Secret(s)) => KeyAnswer::Typed(s),
+            _ => KeyAnswer::Keep,
+        },
+        flags,
+    };
+
+    // What the other sources hold now: offered as the answers' starting text.
+    let current = settings::collect(
+        root,
+        Inputs {
+            flags: None,
+            flag_problems: Vec::new(),
+            credentials_dir: credentials_dir(),
+        },
+    );
+    let current_text = |key: Key| {
+        current
+            .effective(key)
+            .filter(|e| !matches!(e.origin.source, Source::Default(_) | Source::BuiltIn))
+            .and_then(|e| match &e.value {
+                RawValue::Text(s) => Some(s.clone()),
+                _ => None,
+            })
+    };
+    let current_key = current
+        .effective(Key::ApiKey)
+        .filter(|e| !matches!(e.origin.source, Source::Default(_)))
+        .filter(|e| !matches!(&e.value, RawValue::Secret(s) if s.is_blank()))
+        .map(|e| e.origin.describe());
+    let has_default_key = current
+        .layers
+        .iter()
+        .filter(|l| matches!(l.source, Source::Default(_)))
+        .filter_map(|l| l.get(Key::ApiKey))
+        .any(|e| !matches!(&e.value, RawValue::Secret(s) if s.is_blank()));
+
+    let mut ask: Vec<Field> = Vec::new();
+    if answers.primary.is_none() {
+        ask.push(Field::Primary);
+    }
+    if answers.account.is_none() {
+        ask.push(Field::Account);
+    }
+    if matches!(answers.key, KeyAnswer::Keep) && interactive {
+        ask.push(Field::ApiKey);
+    }
+    if !interactive && ask.iter().any(|f| *f != Field::ApiKey) {
+        println!(
+            "gateway-firstboot install asks its questions on a terminal, and standard input and output \
+             are not one.\n  fix: run it on the console, or give --primary, --account and (for a key \
+             other than the default) --api-key-file for scripted use"
+        );
+        return Ok(exit::USAGE);
+    }
+    if interactive {
+        println!(
+            "Gateway setup: connect this server to the primary server.\n\
+             Edit an answer with the arrow keys; Enter accepts it; Ctrl-C quits without changing anything.\n"
+        );
+    }
+    let mut first_round = true;
+    let settings = loop {
+        for &field in &ask {
+            let previous = match field {
+                Field::Primary if first_round => current_text(Key::Primary),
+                Field::Account if first_round => current_text(Key::Account),
+                Field::Primary => answers.primary.clone(),
+                Field::Account => answers.account.clone(),
+                Field::ApiKey => None,
+            };
+            let prompt = match field {
+                Field::ApiKey => key_prompt(current_key.as_deref(), has_default_key),
+                f => format!("{}: ", f.label()),
+            };
+            if !ask_field(
+                root,
+                &mut answers,
+                field,
+                &prompt,
+                previous.unwrap_or_default(),
+            )? {
+                println!("Cancelled: nothing was changed.");
+                return Ok(exit::CANCELLED);
+            }
+        }
+        first_round = false;
+        let collected = answers.collect(root);
+        let (settings, problems) = settings::validate(root, &collected);
+        let (ours, others): (Vec<&Problem>, Vec<&Problem>) = problems
+            .iter()
+            .partition(|p| FIELDS.iter().any(|f| f.owns(p)));
+        if others.iter().any(|p| p.is_error()) {
+            println!("Other settings on this server stop provisioning; fix them first:");
+            for p in &others {
+                println!("  {p}");
+            }
+            return Ok(exit::DATAERR);
+        }
+        if !ours.is_empty() {
+            // Only reached without a terminal (answers are checked as they are typed).
+            for p in &ours {
+                print_error(&p.message, p.fix.as_deref());
+            }
+            return Ok(exit::DATAERR);
+        }
+        let Some(settings) = settings else {
+            return Ok(exit::DATAERR);
+        };
+        for p in &others {
+            println!("warning: {p}");
+        }
+        let what = format!("Checking with {} ...", settings.primary);
+        match spin(interactive, &what, super::check::online(root, &settings)).await {
+            Ok(text) => {
+                println!("{}", text.trim_start_matches("online: "));
+                break settings;
+            }
+            Err(failure) => {
+                print_error(
+                    &format!("{} [{}]", failure.message, failure.code),
+                    Some(&failure.fix),
+                );
+                let fields = at_fault(&failure.code);
+                if !interactive || fields.is_empty() {
+                    return Ok(failure.exit_code());
+                }
+                println!(
+                    "Correct the {} (Enter keeps it as it is, to try again).\n",
+                    fields
+                        .iter()
+                        .map(|f| f.label().to_lowercase())
+                        .collect::<Vec<_>>()
+                        .join(" or the ")
+                );
+                ask = fields.to_vec();
+            }
+        }
+    };
+
+    // From here on, one provisioning run: the seed is written under the lock, so that the
+    // waiting unit provisions from it only if this run does not finish.
+    let lock = match crate::lock::try_lock(root)? {
+        Some(lock) => lock,
+        None => {
+            println!(
+                "Waiting for the provisioning run in progress (gateway-firstboot.service) to end ..."
+            );
+            crate::lock::lock(root, || {}).await?
+        }
+    };
+    if let Some(code) = write_seed(root, &answers)? {
+        return Ok(code);
+    }
+    warn_overridden(&current, &answers);
+    println!("\nProvisioning {} ...", settings.primary);
+    let load = || answers.collect(root);
+    let code = super::provision::provision(root, &load, false, Some(lock)).await;
+    summary(root, code);
+    Ok(code)
+}
+
+fn key_prompt(current_key: Option<&str>, has_default_key: bool) -> String {
+    match (current_key, has_default_key) {
+        (Some(from), true) => format!(
+            "API key (Enter keeps the key from {from}; type default for the default restricted key): "
+        ),
+        (Some(from), false) => format!("API key (Enter keeps the key from {from}): "),
+        (None, true) => "API key (Enter for the default restricted key): ".into(),
+        (None, false) => "API key: ".into(),
+    }
+}
+
+/// Asks one field until its answer passes the offline checks. `false`: cancelled.
+fn ask_field(
+    root: &Root,
+    answers: &mut Answers,
+    field: Field,
+    prompt: &str,
+    mut initial: String,
+) -> anyhow::Result<bool> {
+    loop {
+        let Some(answer) = tty::ask(prompt, &initial, field == Field::ApiKey)? else {
+            return Ok(false);
+        };
+        let answer = answer.trim().to_string();
+        match field {
+            Field::Primary => answers.primary = Some(answer.clone()),
+            Field::Account => answers.account = Some(answer.clone()),
+            Field::ApiKey => {
+                answers.key = match answer.as_str() {
+                    "" if prompt.contains("Enter keeps") => KeyAnswer::Keep,
+                    "" | "default" => KeyAnswer::Default,
+                    _ => KeyAnswer::Typed(Secret::new(&answer)),
+                }
+            }
+        }
+        if answer.is_empty() && field != Field::ApiKey {
+            print_error(
+                &format!("the {} is needed", field.label().to_lowercase()),
+                Some(match field {
+                    Field::Primary => {
+                        "type the primary server's host name or address, for example primary.example.com"
+                    }
+                    _ => {
+                        "type the account's DNS name as shown in its settings on the primary, for example acme.example"
+                    }
+                }),
+            );
+            continue;
+        }
+        let (_, problems) = settings::validate(root, &answers.collect(root));
+        let ours: Vec<&Problem> = problems.iter().filter(|p| field.owns(p)).collect();
+        if ours.is_empty() {
+            return Ok(true);
+        }
+        for p in ours {
+            print_error(&p.message, p.fix.as_deref());
+        }
+        // Asked again with the answer to correct in place (a key is typed anew).
+        initial = answer;
+    }
+}
+
+fn print_error(message: &str, fix: Option<&str>) {
+    println!("  error: {message}");
+    if let Some(fix) = fix {
+        println!("  fix: {fix}");
+    }
+}
+
+/// Runs `work` showing a spinner and the seconds spent (a plain line without a terminal).
+async fn spin<T>(interactive: bool, what: &str, work: impl Future<Output = T>) -> T {
+    println!("{what}");
+    if !interactive {
+        return work.await;
+    }
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(150));
+    let mut out = std::io::stdout();
+    tokio::pin!(work);
+    let mut frames = ['|', '/', '-', '\\'].iter().cycle();
+    loop {
+        tokio::select! {
+            result = &mut work => {
+                let _ = write!(out, "\r\x1b[K");
+                let _ = out.flush();
+                return result;
+            }
+            _ = tick.tick() => {
+                let frame = frames.next().unwrap_or(&'-');
+                let _ = write!(out, "\r{frame} {}s", started.elapsed().as_secs());
+                let _ = out.flush();
+            }
+        }
+    }
+}
+
+/// Writes the answers (and the other flags) into /etc/gateway/seed.toml, keeping every other
+/// line of an existing one. `Some(code)`: it could not.
+fn write_seed(root: &Root, answers: &Answers) -> anyhow::Result<Option<u8>> {
+    let path = root.path(ETC_SEED);
+    let existing = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            print_error(
+                &format!("reading {ETC_SEED}: {e}"),
+                Some("make it a readable file, or remove it"),
+            );
+            return Ok(Some(exit::IOERR));
+        }
+    };
+    let comment = format!(
+        "Written by `gateway-firstboot install` on {}.",
+        crate::state::now_rfc3339()
+    );
+    let Some(text) = settings::seed::with_entries(&existing, &answers.entries(), &comment) else {
+        print_error(
+            &format!("{ETC_SEED} is not valid TOML, and the installer would lose what it holds"),
+            Some(
+                "correct it (`gateway-firstboot check` shows where) or remove it, then run the installer again",
+            ),
+        );
+        return Ok(Some(exit::DATAERR));
+    };
+    if let Err(e) = fsutil::write_atomic(&path, text.as_bytes(), 0o600) {
+        print_error(
+            &format!("writing {ETC_SEED}: {e}"),
+            Some("check that /etc is writable and has space"),
+        );
+        return Ok(Some(exit::IOERR));
+    }
+    println!("Settings saved in {ETC_SEED}.");
+    Ok(None)
+}
+
+/// The kernel command line and credentials come before /etc/gateway/seed.toml: say so when
+/// they hold one of the answers, for the runs after this one.
+fn warn_overridden(current: &Collected, answers: &Answers) {
+    for entry in answers.entries() {
+        let higher = current.layers.iter().find_map(|l| {
+            matches!(l.source, Source::Cmdline | Source::Credential(_))
+                .then(|| l.get(entry.key))
+                .flatten()
+        });
+        if let Some(other) = higher {
+            println!(
+                "warning: {} also sets {}, and comes before {ETC_SEED}: this run uses your answer, \
+                 a later one would not; remove it there",
+                other.origin.describe(),
+                entry.key
+            );
+        }
+    }
+}
+
+/// The end: what was done, and what the administrator does next.
+fn summary(root: &Root, code: u8) {
+    let state = State::load(root).unwrap_or_default();
+    if code != exit::OK {
+        println!(
+            "\nProvisioning did not finish (exit status {code}; the error and its fix are above).\n\
+             The settings are kept in {ETC_SEED}: correct the cause and run `gateway-firstboot install` again."
+        );
+        return;
+    }
+    let id = state.server_id.as_deref().unwrap_or("?");
+    let fingerprint = state.key_fingerprint.as_deref().unwrap_or("?");
+    let short = crate::protocol::short_fingerprint(fingerprint);
+    let host = state.hostname.as_deref().unwrap_or("this server");
+    println!("\nDone: this server is registered as {id}.");
+    println!("  key fingerprint: {fingerprint}");
+    if state.trust == Some(crate::protocol::TrustState::Trusted) {
+        println!("It is trusted already: the gateway holds a secure connection to the primary.");
+    } else {
+        println!(
+            "Next: it is NOT TRUSTED yet. An administrator opens the primary's web page, finds {host} \
+             ({id}) in the account's server tree, checks that its key fingerprint is {short}, and \
+             clicks Authorize.\nThe gateway then connects securely by itself; \
+             `gateway-firstboot status` shows when."
+        );
+    }
+}
