@@ -129,6 +129,18 @@ fn a_per_key_credential_beats_the_seed_credential_and_sources_mix() {
 }
 
 #[test]
+fn run_by_hand_the_system_credentials_are_read() {
+    // Outside the unit there is no $CREDENTIALS_DIRECTORY: `check` and `install` on the
+    // console see what the unit gets, from the system's credentials.
+    let mut tree = Tree::new();
+    tree.file("/run/credentials/@system/gateway.account", "cred.example")
+        .file("/run/credentials/@system/other.thing", "ignored");
+    let (value, origin) = tree.effective("account", &[]);
+    assert_eq!(value, "cred.example");
+    assert_eq!(origin, "credential:gateway.account");
+}
+
+#[test]
 fn a_blank_key_means_the_default_restricted_key() {
     let mut tree = Tree::new();
     tree.file(

@@ -138,16 +138,10 @@ impl Answers {
             Inputs {
                 flags: Some(layer),
                 flag_problems: Vec::new(),
-                credentials_dir: credentials_dir(),
+                credentials_dir: super::credentials_dir(root),
             },
         )
     }
-}
-
-fn credentials_dir() -> Option<std::path::PathBuf> {
-    std::env::var_os(super::CREDENTIALS_ENV)
-        .filter(|d| !d.is_empty())
-        .map(Into::into)
 }
 
 pub async fn run(root: &Root, args: &InstallArgs) -> anyhow::Result<u8> {
@@ -195,7 +189,7 @@ pub async fn run(root: &Root, args: &InstallArgs) -> anyhow::Result<u8> {
         Inputs {
             flags: None,
             flag_problems: Vec::new(),
-            credentials_dir: credentials_dir(),
+            credentials_dir: super::credentials_dir(root),
         },
     );
     let current_text = |key: Key| {

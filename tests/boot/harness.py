@@ -188,6 +188,10 @@ class VM:
         self.smbios = list(smbios)
         self.serial = work / "serial.log"
         self.monitor = work / "monitor.sock"
+        # interactive: the serial port is also a socket the harness types into (type()).
+        self.interactive = False
+        self.serial_sock = work / "serial.sock"
+        self.keyboard = None
         self.proc = None
         self.boots = 0
 
@@ -201,7 +205,7 @@ class VM:
         cmd = ["ip", "netns", "exec", self.net.ns, "qemu-system-x86_64", "-machine", "q35",
                *accelerator(REPO / "target/image/gateway-appliance.qcow2"), "-m", "1024", "-smp", "2",
                "-nodefaults", "-no-user-config", "-display", "none",
-               "-chardev", f"file,id=ser,path={self.serial},append=on", "-serial", "chardev:ser",
+               *self.serial_chardev(), "-serial", "chardev:ser",
                "-monitor", f"unix:{self.monitor},server,nowait",
                "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
                "-drive", f"if=pflash,format=raw,file={vars_fd}",
@@ -212,6 +216,33 @@ class VM:
             cmd += ["-smbios", f"type=11,value={cred}"]
         self.proc = subprocess.Popen(cmd, stdout=open(self.work / "qemu.log", "a"), stderr=subprocess.STDOUT)
         self.boot_started = time.monotonic()
+
+    def serial_chardev(self):
+        if not self.interactive:
+            return ["-chardev", f"file,id=ser,path={self.serial},append=on"]
+        # A socket to type into; QEMU still logs everything the guest writes to the file.
+        return ["-chardev", f"socket,id=ser,path={self.serial_sock},server=on,wait=off,"
+                            f"logfile={self.serial},logappend=on"]
+
+    def type(self, text, per_char=0.02):
+        """Types on the serial console, as a person at it would (a key at a time)."""
+        import socket
+        if self.keyboard is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(10)
+            sock.connect(str(self.serial_sock))
+            self.keyboard = sock
+
+            def drain():  # what the guest writes also goes to the socket: read it away
+                try:
+                    while sock.recv(65536):
+                        pass
+                except OSError:
+                    pass
+            threading.Thread(target=drain, daemon=True).start()
+        for ch in text:
+            self.keyboard.sendall(ch.encode())
+            time.sleep(per_char)
 
     def console(self):
         text = self.serial.read_text(errors="replace") if self.serial.exists() else ""
@@ -249,6 +280,9 @@ class VM:
             self.kill()
 
     def kill(self):
+        if self.keyboard is not None:
+            self.keyboard.close()
+            self.keyboard = None
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
         if self.proc:
