@@ -276,11 +276,18 @@ pub async fn run(root: &Root, args: &InstallArgs) -> anyhow::Result<u8> {
             return Ok(exit::DATAERR);
         }
         if !ours.is_empty() {
-            // Only reached without a terminal (answers are checked as they are typed).
+            // Answers given as flags (typed ones were checked as they were typed).
             for p in &ours {
-                print_error(&p.message, p.fix.as_deref());
+                print_error(&format!("{}: {}", p.subject, p.message), p.fix.as_deref());
             }
-            return Ok(exit::DATAERR);
+            if !interactive {
+                return Ok(exit::DATAERR);
+            }
+            ask = FIELDS
+                .into_iter()
+                .filter(|f| ours.iter().any(|p| f.owns(p)))
+                .collect();
+            continue;
         }
         let Some(settings) = settings else {
             return Ok(exit::DATAERR);

@@ -92,11 +92,13 @@ fn already_provisioned(root: &Root, state: &State, progress: &mut Progress) -> O
     if state.phase < Phase::HandedOff || !root.path(DONE_MARKER).exists() {
         return None;
     }
-    println!(
-        "gateway-firstboot: already provisioned: server {} ({})",
+    let text = format!(
+        "already provisioned: server {} ({})",
         state.server_id.as_deref().unwrap_or("?"),
         progress::describe(state.phase)
     );
+    println!("gateway-firstboot: {text}");
+    log::info!("{text}");
     progress.write_status(state);
     progress.ready();
     Some(exit::OK)
