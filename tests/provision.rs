@@ -484,6 +484,74 @@ fn no_settings_at_all_exits_66() {
     assert_eq!(env.run(&["provision"]).code, 66);
 }
 
+/// At boot with no seed the unit waits, ready, with the hint on the login prompt; a GWSEED
+/// stick plugged in later is provisioned from without a restart.
+#[test]
+fn waits_for_a_seed_then_provisions_from_a_stick_plugged_in_later() {
+    use std::os::unix::net::UnixDatagram;
+    let mut env = Env::new();
+    let seed = std::fs::read_to_string(env.tree.path("/etc/gateway/seed.toml")).unwrap();
+    std::fs::remove_file(env.tree.path("/etc/gateway/seed.toml")).unwrap();
+    let socket_path = env.tree.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut child = env
+        .tree
+        .command(&["provision", "--wait-for-seed"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // READY=1 while waiting, so that the boot completes.
+    let mut heard = String::new();
+    let mut buf = [0u8; 4096];
+    while !heard.contains("READY=1") {
+        let n = socket
+            .recv(&mut buf)
+            .expect("no READY=1 while waiting for a seed");
+        heard.push_str(&String::from_utf8_lossy(&buf[..n]));
+        heard.push('\n');
+    }
+    assert!(
+        heard.contains("STATUS=no provisioning settings yet: waiting for a seed"),
+        "{heard}"
+    );
+    let issue = env.read("/etc/issue.d/gateway-firstboot.issue");
+    assert!(
+        issue.contains("Log in as root and run: gateway-firstboot install"),
+        "{issue}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "stopped instead of waiting"
+    );
+    assert!(env.sim.all_servers().is_empty());
+
+    // The seed's CA path is an appliance path; the stick holds the same seed.
+    env.tree.gwseed(&[("seed.toml", seed.as_bytes())]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("did not provision within 30 s of the stick appearing");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("settings found: provisioning"), "{stdout}");
+    assert_eq!(env.sim.all_servers().len(), 1);
+    let issue = env.read("/etc/issue.d/gateway-firstboot.issue");
+    assert!(issue.contains("NOT TRUSTED yet"), "{issue}");
+}
+
 /// A transient failure is retried, then ends at the deadline with a clear message.
 fn assert_gives_up(env: &Env, code: &str, says: &str) {
     let run = env.run(&["provision"]);
