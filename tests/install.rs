@@ -313,3 +313,22 @@ fn without_a_terminal_flags_answer_or_it_refuses() {
     assert!(!run.all().contains(&key));
     assert_eq!(sim.all_servers().len(), 1);
 }
+
+#[test]
+fn a_flag_that_fails_the_checks_is_asked_again_on_a_terminal() {
+    let sim = Sim::start();
+    let tree = appliance(&sim);
+    let mut pty = Pty::start(
+        &tree,
+        &["--primary", "127.0.0.1:99999", "--account", "acme.example"],
+    );
+    pty.expect("API key (Enter for the default restricted key): ");
+    pty.send("\r");
+    pty.expect("--primary flag: \"127.0.0.1:99999\" is not a primary server address");
+    pty.expect("Primary server address: 127.0.0.1:99999");
+    pty.send(&format!("{}{}\r", BACKSPACE.repeat(5), sim.port));
+    pty.expect("Done: this server is registered as ");
+    let (transcript, code) = pty.finish();
+    assert_eq!(code, 0, "{transcript}");
+    assert!(!transcript.contains("Account domain name:"), "{transcript}");
+}
