@@ -7,10 +7,10 @@ mod common;
 #[path = "support/sim.rs"]
 mod sim;
 
-use common::Tree;
+use common::{Tree, appliance_tree, wait_exit};
 use rexpect::session::{PtySession, spawn_command};
 use sim::Sim;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// Every expectation's deadline (the primary answers in milliseconds).
@@ -23,15 +23,8 @@ const SITE: &str = "# site settings, kept by the installer\nprimary-ca = \"/etc/
 
 fn appliance(sim: &Sim) -> Tree {
     sim.ok(&["account", "add", "acme.example"]);
-    let mut tree = Tree::new();
-    tree.file("/etc/machine-id", "0123456789abcdef0123456789abcdef\n")
-        .file_mode(
-            "/usr/lib/gateway-firstboot/defaults.toml",
-            format!("api-key = \"{}\"\n", sim.default_key),
-            0o644,
-        )
-        .file_mode("/etc/gateway/primary-ca.pem", sim.ca_pem(), 0o644)
-        .file("/etc/gateway/seed.toml", SITE);
+    let mut tree = appliance_tree(&sim.default_key, &sim.ca_pem());
+    tree.file("/etc/gateway/seed.toml", SITE);
     tree
 }
 
@@ -87,19 +80,6 @@ const HOME: &str = "\x1b[H";
 const DELETE: &str = "\x1b[3~";
 const BACKSPACE: &str = "\x7f";
 const CTRL_U: &str = "\x15";
-
-fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
 
 #[test]
 fn installer_recovers_from_every_wrong_answer_then_provisions() {

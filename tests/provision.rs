@@ -7,7 +7,7 @@ mod dnsmasq;
 #[path = "support/sim.rs"]
 mod sim;
 
-use common::{Run, Tree};
+use common::{Run, Tree, appliance_tree, wait_exit};
 use dnsmasq::{Dnsmasq, host_address};
 use serde_json::Value;
 use sim::Sim;
@@ -31,14 +31,7 @@ impl Env {
 
     fn with_sim(sim: Sim) -> Env {
         sim.ok(&["account", "add", "acme.example"]);
-        let mut tree = Tree::new();
-        tree.file("/etc/machine-id", "0123456789abcdef0123456789abcdef\n")
-            .file_mode(
-                "/usr/lib/gateway-firstboot/defaults.toml",
-                format!("api-key = \"{}\"\n", sim.default_key),
-                0o644,
-            )
-            .file_mode("/etc/gateway/primary-ca.pem", sim.ca_pem(), 0o644);
+        let tree = appliance_tree(&sim.default_key, &sim.ca_pem());
         let mut env = Env {
             sim,
             tree,
@@ -532,20 +525,14 @@ fn waits_for_a_seed_then_provisions_from_a_stick_plugged_in_later() {
 
     // The seed's CA path is an appliance path; the stick holds the same seed.
     env.tree.gwseed(&[("seed.toml", seed.as_bytes())]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("did not provision within 30 s of the stick appearing");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let code = wait_exit(&mut child, Duration::from_secs(30));
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(status.code(), Some(0), "{stdout}");
+    assert_eq!(
+        code,
+        Some(0),
+        "not provisioned within 30 s of the stick appearing: {stdout}"
+    );
     assert!(stdout.contains("settings found: provisioning"), "{stdout}");
     assert_eq!(env.sim.all_servers().len(), 1);
     let issue = env.read("/etc/issue.d/gateway-firstboot.issue");

@@ -237,14 +237,18 @@ pub async fn run(root: &Root, args: &InstallArgs) -> anyhow::Result<u8> {
              Edit an answer with the arrow keys; Enter accepts it; Ctrl-C quits without changing anything.\n"
         );
     }
-    let mut first_round = true;
     let settings = loop {
         for &field in &ask {
+            // The answer so far (typed, or a flag's), else what the other sources hold.
             let previous = match field {
-                Field::Primary if first_round => current_text(Key::Primary),
-                Field::Account if first_round => current_text(Key::Account),
-                Field::Primary => answers.primary.clone(),
-                Field::Account => answers.account.clone(),
+                Field::Primary => answers
+                    .primary
+                    .clone()
+                    .or_else(|| current_text(Key::Primary)),
+                Field::Account => answers
+                    .account
+                    .clone()
+                    .or_else(|| current_text(Key::Account)),
                 Field::ApiKey => None,
             };
             let prompt = match field {
@@ -257,12 +261,12 @@ pub async fn run(root: &Root, args: &InstallArgs) -> anyhow::Result<u8> {
                 field,
                 &prompt,
                 previous.unwrap_or_default(),
+                current_key.is_some(),
             )? {
                 println!("Cancelled: nothing was changed.");
                 return Ok(exit::CANCELLED);
             }
         }
-        first_round = false;
         let collected = answers.collect(root);
         let (settings, problems) = settings::validate(root, &collected);
         let (ours, others): (Vec<&Problem>, Vec<&Problem>) = problems
@@ -357,12 +361,14 @@ fn key_prompt(current_key: Option<&str>, has_default_key: bool) -> String {
 }
 
 /// Asks one field until its answer passes the offline checks. `false`: cancelled.
+/// `blank_keeps`: a blank key keeps the key some source holds (else it is the default key).
 fn ask_field(
     root: &Root,
     answers: &mut Answers,
     field: Field,
     prompt: &str,
     mut initial: String,
+    blank_keeps: bool,
 ) -> anyhow::Result<bool> {
     loop {
         let Some(answer) = tty::ask(prompt, &initial, field == Field::ApiKey)? else {
@@ -374,7 +380,7 @@ fn ask_field(
             Field::Account => answers.account = Some(answer.clone()),
             Field::ApiKey => {
                 answers.key = match answer.as_str() {
-                    "" if prompt.contains("Enter keeps") => KeyAnswer::Keep,
+                    "" if blank_keeps => KeyAnswer::Keep,
                     "" | "default" => KeyAnswer::Default,
                     _ => KeyAnswer::Typed(Secret::new(&answer)),
                 }

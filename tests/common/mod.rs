@@ -155,6 +155,34 @@ impl Tree {
     }
 }
 
+/// An appliance tree for runs against a primary: a machine ID, the image's default key
+/// (`default_key`) in the vendor defaults, and the primary's CA at /etc/gateway/primary-ca.pem.
+pub fn appliance_tree(default_key: &str, ca_pem: &str) -> Tree {
+    let mut tree = Tree::new();
+    tree.file("/etc/machine-id", "0123456789abcdef0123456789abcdef\n")
+        .file_mode(
+            "/usr/lib/gateway-firstboot/defaults.toml",
+            format!("api-key = \"{default_key}\"\n"),
+            0o644,
+        )
+        .file_mode("/etc/gateway/primary-ca.pem", ca_pem, 0o644);
+    tree
+}
+
+/// The exit status of `child` once it exits within `within`; `None` (and killed) if not.
+pub fn wait_exit(child: &mut std::process::Child, within: std::time::Duration) -> Option<i32> {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
