@@ -28,6 +28,8 @@ use url::Url;
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// A clock this far from the primary's is reported as wrong.
 const CLOCK_TOLERANCE: Duration = Duration::from_secs(300);
+/// The most the agent reads of one answer (the largest, a certificate bundle, is a few KiB).
+const MAX_RESPONSE: usize = 256 * 1024;
 
 /// Where the primary is and how to trust it.
 #[derive(Debug, Clone)]
@@ -121,18 +123,147 @@ pub struct ClientIdentity {
     pub key_pem: String,
 }
 
-/// Accepts the certificates the seed trusts: with a pin, exactly a certificate whose SHA-256
-/// matches (the primary's own or one it sends in its chain); otherwise the usual web PKI
-/// checks against the system bundle plus the seed's CA.
+/// How the primary's certificate is trusted; docs/security.md says what each one proves.
+#[derive(Debug)]
+enum Trust {
+    /// The system's CAs plus `primary-ca`: the web PKI checks (a chain by signature to one of
+    /// them, the primary's name, valid now, a server certificate). `None`: no CA at all.
+    Roots(Option<Arc<WebPkiServerVerifier>>),
+    /// `primary-ca-sha256`: the certificate with this SHA-256 is either the primary's own
+    /// (the end-entity, exactly) or the only trust anchor its chain must reach by signature,
+    /// with the web PKI checks above. The pinned CA may come from the chain the server sends
+    /// or from `primary-ca`.
+    Pin(Pin),
+    /// Anything: only to read the primary's `Date` after a certificate time error (a plain
+    /// health request, nothing secret sent).
+    AnyForDate,
+}
+
+/// `primary-ca-sha256`, and the certificates of `primary-ca` where the pinned CA may be.
+#[derive(Debug)]
+struct Pin {
+    sha256: [u8; 32],
+    local: Vec<CertificateDer<'static>>,
+}
+
+/// The pinned CA is in the chain, but the server's certificate does not chain to it.
+#[derive(Debug)]
+struct PinnedCaDidNotSign;
+
+impl std::fmt::Display for PinnedCaDidNotSign {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the pinned CA did not sign the server's certificate")
+    }
+}
+
+impl std::error::Error for PinnedCaDidNotSign {}
+
 #[derive(Debug)]
 struct Verifier {
-    webpki: Option<Arc<WebPkiServerVerifier>>,
-    pin: Option<[u8; 32]>,
+    trust: Trust,
     /// The certificate that matched the pin, for the gateway to trust as well.
     pinned: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
-    /// Accept anything: only for reading the primary's Date header after a time error.
-    accept_any: bool,
+    /// A pinned end-entity's name and dates are reported once per client, not checked.
+    warned: std::sync::atomic::AtomicBool,
     provider: Arc<CryptoProvider>,
+}
+
+impl Verifier {
+    /// The web PKI verifier with `anchor` as its only root.
+    fn anchored(
+        &self,
+        anchor: &CertificateDer<'_>,
+    ) -> Result<Arc<WebPkiServerVerifier>, rustls::Error> {
+        let mut roots = RootCertStore::empty();
+        roots.add(anchor.clone().into_owned())?;
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))
+    }
+
+    fn remember(&self, cert: &CertificateDer<'_>) {
+        if let Ok(mut slot) = self.pinned.lock() {
+            *slot = Some(cert.as_ref().to_vec());
+        }
+    }
+
+    /// A pinned end-entity: the handshake proves the server holds its key, which is the whole
+    /// proof. Its name and validity are looked at only to warn (a self-signed primary's name
+    /// or dates are often wrong; the administrator should still hear about it).
+    fn warn_about_pinned_leaf(
+        &self,
+        leaf: &CertificateDer<'_>,
+        name: &ServerName<'_>,
+        now: UnixTime,
+    ) {
+        if self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let Ok(itself) = self.anchored(leaf) else {
+            return;
+        };
+        let host = name.to_str();
+        let said = match itself.verify_server_cert(leaf, &[], name, &[], now) {
+            Err(rustls::Error::InvalidCertificate(e)) => match e {
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => {
+                    format!("the pinned certificate of {host} is not issued for that name")
+                }
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                    format!("the pinned certificate of {host} has expired")
+                }
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                    format!("the pinned certificate of {host} is not valid yet")
+                }
+                _ => return,
+            },
+            _ => return,
+        };
+        log::warn!(
+            "{said}: accepted because it is exactly the pinned certificate; renew it with the right name and dates, then update primary-ca-sha256"
+        );
+    }
+
+    fn verify_pinned(
+        &self,
+        pin: &Pin,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let matches = |c: &&CertificateDer<'_>| Sha256::digest(c.as_ref()).as_slice() == pin.sha256;
+        if matches(&end_entity) {
+            self.remember(end_entity);
+            self.warn_about_pinned_leaf(end_entity, server_name, now);
+            return Ok(ServerCertVerified::assertion());
+        }
+        let Some(anchor) = intermediates.iter().chain(&pin.local).find(matches) else {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ));
+        };
+        let verdict = self.anchored(anchor)?.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp,
+            now,
+        );
+        match verdict {
+            Ok(ok) => {
+                self.remember(anchor);
+                Ok(ok)
+            }
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer | CertificateError::BadSignature,
+            )) => Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                rustls::OtherError(Arc::new(PinnedCaDidNotSign)),
+            ))),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 impl ServerCertVerifier for Verifier {
@@ -144,27 +275,15 @@ impl ServerCertVerifier for Verifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if self.accept_any {
-            return Ok(ServerCertVerified::assertion());
-        }
-        if let Some(pin) = self.pin {
-            let matched = std::iter::once(end_entity)
-                .chain(intermediates)
-                .find(|c| Sha256::digest(c.as_ref()).as_slice() == pin);
-            return if let Some(cert) = matched {
-                if let Ok(mut slot) = self.pinned.lock() {
-                    *slot = Some(cert.as_ref().to_vec());
-                }
-                Ok(ServerCertVerified::assertion())
-            } else {
-                Err(rustls::Error::InvalidCertificate(
-                    CertificateError::ApplicationVerificationFailure,
-                ))
-            };
-        }
-        match &self.webpki {
-            Some(v) => v.verify_server_cert(end_entity, intermediates, server_name, ocsp, now),
-            None => Err(rustls::Error::InvalidCertificate(
+        match &self.trust {
+            Trust::AnyForDate => Ok(ServerCertVerified::assertion()),
+            Trust::Pin(pin) => {
+                self.verify_pinned(pin, end_entity, intermediates, server_name, ocsp, now)
+            }
+            Trust::Roots(Some(v)) => {
+                v.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+            }
+            Trust::Roots(None) => Err(rustls::Error::InvalidCertificate(
                 CertificateError::UnknownIssuer,
             )),
         }
@@ -217,30 +336,36 @@ fn tls_config(
     pinned: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
 ) -> Result<rustls::ClientConfig, Failure> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    if let Ok(bundle) = std::fs::read(root.path(SYSTEM_CA_BUNDLE)) {
-        let certs = CertificateDer::pem_slice_iter(&bundle).filter_map(Result::ok);
-        roots.add_parsable_certificates(certs);
-    }
-    if let Some(pem) = &ep.ca_pem {
-        roots.add_parsable_certificates(
-            CertificateDer::pem_slice_iter(pem.as_bytes()).filter_map(Result::ok),
-        );
-    }
-    let webpki = if roots.is_empty() {
-        None
+    let local: Vec<CertificateDer<'static>> = ep
+        .ca_pem
+        .iter()
+        .flat_map(|pem| CertificateDer::pem_slice_iter(pem.as_bytes()).filter_map(Result::ok))
+        .collect();
+    let trust = if accept_any {
+        Trust::AnyForDate
+    } else if let Some(pin) = ep.pin {
+        Trust::Pin(Pin { sha256: pin, local })
     } else {
-        Some(
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(internal)?,
-        )
+        let mut roots = RootCertStore::empty();
+        if let Ok(bundle) = std::fs::read(root.path(SYSTEM_CA_BUNDLE)) {
+            let certs = CertificateDer::pem_slice_iter(&bundle).filter_map(Result::ok);
+            roots.add_parsable_certificates(certs);
+        }
+        roots.add_parsable_certificates(local);
+        if roots.is_empty() {
+            Trust::Roots(None)
+        } else {
+            Trust::Roots(Some(
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(internal)?,
+            ))
+        }
     };
     let verifier = Arc::new(Verifier {
-        webpki,
-        pin: ep.pin,
+        trust,
         pinned,
-        accept_any,
+        warned: Default::default(),
         provider: provider.clone(),
     });
     let builder = rustls::ClientConfig::builder_with_provider(provider)
@@ -348,32 +473,114 @@ fn find<'a, E: std::error::Error + 'static>(
 
 /// What went wrong in a TLS certificate check, before the clock is looked at.
 enum CertProblem {
-    Time,
+    /// Expired (`true`) or not valid yet: the certificate, or this server's clock.
+    Time {
+        expired: bool,
+    },
     Other(Failure),
 }
 
+/// Text the network chose (a certificate's names, a redirect's target, an error message),
+/// made safe for a console: no control characters, at most `max` characters.
+fn printable(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .take(max)
+        .collect();
+    if text.chars().count() > max {
+        out.push('…');
+    }
+    out
+}
+
 fn cert_problem(e: &CertificateError, host: &str) -> CertProblem {
-    let fix = "set primary-ca to the primary's CA certificate (or primary-ca-sha256), or check the primary address";
-    let failure = |m: String| CertProblem::Other(Failure::permanent("tls-certificate", m, fix));
+    let trust_fix = "set primary-ca to the primary's CA certificate (or primary-ca-sha256), or check the primary address";
+    let permanent =
+        |code, m: String, fix: &str| CertProblem::Other(Failure::permanent(code, m, fix));
+    let not_server = |what: &str| {
+        permanent(
+            "tls-not-server-certificate",
+            format!("the certificate of {host} {what}, so it cannot prove a server's identity"),
+            "the primary must present a TLS server certificate issued for its name; check the primary address",
+        )
+    };
     match e {
-        CertificateError::Expired
-        | CertificateError::ExpiredContext { .. }
-        | CertificateError::NotValidYet
-        | CertificateError::NotValidYetContext { .. } => CertProblem::Time,
-        CertificateError::ApplicationVerificationFailure => CertProblem::Other(Failure::permanent(
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+            CertProblem::Time { expired: true }
+        }
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+            CertProblem::Time { expired: false }
+        }
+        CertificateError::ApplicationVerificationFailure => permanent(
             "tls-pin-mismatch",
             format!("no certificate {host} presented matches primary-ca-sha256"),
             "check the pin against `openssl x509 -noout -fingerprint -sha256` of the primary's certificate or CA",
-        )),
-        CertificateError::UnknownIssuer => failure(format!(
-            "the certificate of {host} is not signed by a trusted CA"
-        )),
-        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
-            failure(format!("the certificate of {host} is not for that name"))
+        ),
+        CertificateError::Other(o) if o.0.downcast_ref::<PinnedCaDidNotSign>().is_some() => {
+            permanent(
+                "tls-pin-not-issuer",
+                format!(
+                    "{host} sent the pinned CA certificate, but its own certificate is not signed by it"
+                ),
+                "this is not the primary (anyone can send a public CA certificate); check the primary address and the network path",
+            )
         }
-        other => failure(format!(
-            "the certificate of {host} is not acceptable: {other:?}"
-        )),
+        CertificateError::Other(o)
+            if matches!(
+                o.0.downcast_ref::<webpki::Error>(),
+                Some(webpki::Error::CaUsedAsEndEntity)
+            ) =>
+        {
+            not_server("is a CA certificate")
+        }
+        CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+            not_server("is not for TLS servers (no serverAuth usage)")
+        }
+        CertificateError::UnknownIssuer | CertificateError::BadSignature => permanent(
+            "tls-unknown-issuer",
+            format!("the certificate of {host} is not signed by a trusted CA"),
+            trust_fix,
+        ),
+        CertificateError::NotValidForNameContext { presented, .. } => permanent(
+            "tls-wrong-name",
+            format!(
+                "the certificate of {host} is not for that name (it names {})",
+                printable(&presented.join(", "), 120)
+            ),
+            "use an address the primary's certificate names (its DNS name, usually), or reissue the certificate",
+        ),
+        CertificateError::NotValidForName => permanent(
+            "tls-wrong-name",
+            format!("the certificate of {host} is not for that name"),
+            "use an address the primary's certificate names (its DNS name, usually), or reissue the certificate",
+        ),
+        other => permanent(
+            "tls-certificate",
+            format!(
+                "the certificate of {host} is not acceptable: {}",
+                printable(&format!("{other:?}"), 160)
+            ),
+            trust_fix,
+        ),
+    }
+}
+
+/// A TLS failure outside the certificate.
+fn handshake_problem(e: &rustls::Error, host: &str) -> Failure {
+    use rustls::{AlertDescription, PeerIncompatible};
+    match e {
+        rustls::Error::PeerIncompatible(PeerIncompatible::ServerDoesNotSupportTls12Or13)
+        | rustls::Error::AlertReceived(AlertDescription::ProtocolVersion) => Failure::permanent(
+            "tls-version",
+            format!("{host} speaks only TLS versions older than 1.2"),
+            "enable TLS 1.2 or 1.3 on the primary (TLS 1.0 and 1.1 are refused), or check the primary address",
+        ),
+        other => Failure::permanent(
+            "tls-handshake",
+            format!("the TLS handshake with {host} failed: {other}"),
+            "check that the primary address points at the primary's HTTPS port",
+        ),
     }
 }
 
@@ -423,13 +630,26 @@ impl Primary {
             return match tls {
                 rustls::Error::InvalidCertificate(c) => match cert_problem(c, &host) {
                     CertProblem::Other(f) => f,
-                    CertProblem::Time => self.clock_or_certificate().await,
+                    CertProblem::Time { expired } => self.clock_or_certificate(expired).await,
                 },
-                other => Failure::permanent(
-                    "tls-handshake",
-                    format!("the TLS handshake with {host} failed: {other}"),
-                    "check that the primary address points at the primary's HTTPS port",
-                ),
+                other => handshake_problem(other, &host),
+            };
+        }
+        if let Some(h) = find::<hyper::Error>(e)
+            && h.is_parse()
+        {
+            return if h.is_parse_too_large() {
+                Failure::permanent(
+                    "primary-response-too-large",
+                    format!("{host} sent an answer whose head never ends"),
+                    "check that the primary address points at the primary server",
+                )
+            } else {
+                Failure::permanent(
+                    "not-a-primary",
+                    format!("{host} answered with something that is not HTTP"),
+                    "check that the primary address points at the primary server",
+                )
             };
         }
         let reach =
@@ -492,13 +712,21 @@ impl Primary {
     /// After a "certificate expired / not yet valid" error: asks the primary for its Date
     /// (a plain health request, nothing secret sent) to tell a wrong local clock from a bad
     /// certificate.
-    async fn clock_or_certificate(&self) -> Failure {
+    async fn clock_or_certificate(&self, is_expired: bool) -> Failure {
         let host = self.host();
-        let expired = Failure::permanent(
-            "tls-certificate",
-            format!("the certificate of {host} has expired or is not valid yet"),
-            "renew the primary's certificate",
-        );
+        let expired = if is_expired {
+            Failure::permanent(
+                "tls-expired",
+                format!("the certificate of {host} has expired"),
+                "renew the primary's certificate",
+            )
+        } else {
+            Failure::permanent(
+                "tls-not-yet-valid",
+                format!("the certificate of {host} is not valid yet"),
+                "check the primary's certificate dates; reissue it if they are wrong",
+            )
+        };
         let Ok(addrs) = resolve(&self.root, &self.endpoint).await else {
             return expired;
         };
@@ -543,10 +771,10 @@ impl Primary {
         };
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = match resp.bytes().await {
-            Ok(b) => b,
-            Err(e) => return Err(self.transport_failure(&e).await),
-        };
+        if status.is_redirection() {
+            return Err(self.redirected(status.as_u16(), &headers));
+        }
+        let body = self.read_body(resp).await?;
         if status.is_success() {
             return serde_json::from_slice(&body)
                 .map(|v| (v, headers))
@@ -566,13 +794,64 @@ impl Primary {
         Err(failure)
     }
 
+    /// The body, at most [`MAX_RESPONSE`] bytes: the primary's answers are small, and a
+    /// server that sends more is not one to keep reading from.
+    async fn read_body(&self, mut resp: reqwest::Response) -> Result<Vec<u8>, Failure> {
+        let too_large = || {
+            Failure::permanent(
+                "primary-response-too-large",
+                format!(
+                    "{} sent an answer larger than {} KiB, which no primary does",
+                    self.host(),
+                    MAX_RESPONSE / 1024
+                ),
+                "check that the primary address points at the primary server",
+            )
+        };
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_RESPONSE as u64)
+        {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) if body.len() + chunk.len() > MAX_RESPONSE => {
+                    return Err(too_large());
+                }
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => return Ok(body),
+                Err(e) => return Err(self.transport_failure(&e).await),
+            }
+        }
+    }
+
+    /// A 3xx: never followed, so nothing (above all the API key) goes to an address other
+    /// than the configured one.
+    fn redirected(&self, status: u16, headers: &reqwest::header::HeaderMap) -> Failure {
+        let target = headers
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| printable(v, 160))
+            .unwrap_or_else(|| "nowhere".into());
+        Failure::permanent(
+            "primary-redirect",
+            format!(
+                "{} answered with a redirect (HTTP {status}) to {target}; the agent does not follow redirects",
+                self.host()
+            ),
+            "set primary to the address the primary itself answers on (an https:// URL with the right host and port)",
+        )
+    }
+
     fn error_failure(&self, status: u16, body: &[u8]) -> Failure {
         let account = &self.account;
         let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
         let code = parsed.as_ref().map(|b| b.code);
         let said = parsed
             .as_ref()
-            .map(|b| b.message.clone())
+            .map(|b| printable(&b.message, 200))
             .unwrap_or_default();
         use ErrorCode::*;
         match code {

@@ -381,7 +381,7 @@ const PERMANENT: &[Permanent] = &[
                 .replace("primary-ca = \"/etc/gateway/primary-ca.pem\"\n", "");
             e.tree.file("/etc/gateway/seed.toml", seed);
         },
-        code: "tls-certificate",
+        code: "tls-unknown-issuer",
         says: "the certificate of 127.0.0.1 is not signed by a trusted CA",
         exit: 78,
     },
@@ -615,9 +615,8 @@ fn an_expired_certificate_with_a_right_clock_is_the_certificate() {
     let run = env.run(&["provision"]);
     assert_code(&run, 78);
     assert!(
-        run.stdout.contains(
-            "the certificate of 127.0.0.1 has expired or is not valid yet [tls-certificate]"
-        ),
+        run.stdout
+            .contains("the certificate of 127.0.0.1 has expired [tls-expired]"),
         "{}",
         run.stdout
     );

@@ -68,10 +68,10 @@ fn at_fault(code: &str) -> &'static [Field] {
         | "primary-error"
         | "rate-limited"
         | "clock-wrong"
-        | "tls-certificate"
-        | "tls-pin-mismatch"
-        | "tls-handshake"
+        | "primary-redirect"
+        | "primary-response-too-large"
         | "not-a-primary" => &[Field::Primary],
+        tls if tls.starts_with("tls-") => &[Field::Primary],
         _ => &[],
     }
 }
