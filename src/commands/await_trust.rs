@@ -24,6 +24,8 @@ pub async fn run(root: &Root, args: &AwaitTrustArgs) -> anyhow::Result<u8> {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
+    // Type=notify: started is ready; what it waits for follows as STATUS= lines.
+    progress.ready();
     let result = wait(root, args, &mut state, &mut progress).await;
     Ok(progress.finish(&mut state, result))
 }
