@@ -193,7 +193,8 @@ pub(crate) mod tests {
         let at = seed.windows(key.len()).position(|w| w == key).unwrap() as u64;
         let before = std::fs::read(&image).unwrap();
         assert!(before.windows(key.len()).any(|w| w == key));
-        overwrite_in_place(&image, "seed.toml", &[at..at + key.len() as u64], b'x').unwrap();
+        let end = at + key.len() as u64;
+        overwrite_in_place(&image, "seed.toml", &[at..at + 5, at + 5..end], b'x').unwrap();
         let raw = std::fs::read(&image).unwrap();
         assert!(
             !raw.windows(key.len()).any(|w| w == key),
@@ -208,9 +209,15 @@ pub(crate) mod tests {
             changed <= key.len() + 64,
             "only the key's bytes (and the dirty flag, a time stamp) change: {changed}"
         );
-        let past = overwrite_in_place(&image, "seed.toml", &[0..4096], b'x').unwrap_err();
+        let past = overwrite_in_place(&image, "seed.toml", &[0..1, 4000..4096], b'x');
+        let past = past.unwrap_err();
         assert!(past.to_string().contains("past its end"), "{past}");
-        assert!(overwrite_in_place(&image, "other.toml", &[0..1], b'x').is_err());
+        assert_eq!(
+            std::fs::read(&image).unwrap(),
+            raw,
+            "then nothing is written"
+        );
+        assert!(overwrite_in_place(&image, "other.toml", &[0..1, 1..2], b'x').is_err());
     }
 
     #[test]
