@@ -8,21 +8,21 @@ use std::ops::Range;
 use std::path::Path;
 
 /// A device opened read-only; fatfs wants `Write` as well, which here always fails.
-struct ReadOnly(File);
+struct ReadOnly<D>(D);
 
-impl Read for ReadOnly {
+impl<D: Read> Read for ReadOnly<D> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.0.read(buf)
     }
 }
 
-impl Seek for ReadOnly {
+impl<D: Seek> Seek for ReadOnly<D> {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
         self.0.seek(pos)
     }
 }
 
-impl Write for ReadOnly {
+impl<D> Write for ReadOnly<D> {
     fn write(&mut self, _: &[u8]) -> io::Result<usize> {
         Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
@@ -38,8 +38,16 @@ impl Write for ReadOnly {
 /// Reads `name` from the FAT filesystem on `device`. `Ok(None)` when the filesystem has no such
 /// file (an empty `GWSEED` partition, as a factory image has before a seed is embedded).
 pub fn read_file(device: &Path, name: &str, limit: usize) -> io::Result<Option<Vec<u8>>> {
-    let file = File::open(device)?;
-    let fs = fatfs::FileSystem::new(ReadOnly(file), fatfs::FsOptions::new())
+    read_from(File::open(device)?, name, limit)
+}
+
+/// [`read_file`] on an open device, an image or bytes in memory; never writes to it.
+pub fn read_from<D: Read + Seek>(
+    device: D,
+    name: &str,
+    limit: usize,
+) -> io::Result<Option<Vec<u8>>> {
+    let fs = fatfs::FileSystem::new(ReadOnly(device), fatfs::FsOptions::new())
         .map_err(|e| io::Error::new(e.kind(), format!("not a FAT filesystem: {e}")))?;
     let mut seed = match fs.root_dir().open_file(name) {
         Ok(f) => f,
