@@ -8,7 +8,10 @@ use crate::identity::{ACCOUNT_CA_FILE, CERT_FILE, KEY_FILE, PRIMARY_CA_FILE};
 use crate::root::Root;
 use crate::settings::{BOOT_SEED, ETC_SEED, GWSEED_DEVICE, GWSEED_FILE, gwseed, seed};
 use crate::state::{DONE_MARKER, State};
-use std::os::unix::fs::PermissionsExt;
+use std::fs::OpenOptions;
+use std::io::{self, Read};
+use std::ops::Range;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::Path;
 use toml::de::DeTable;
 
@@ -76,40 +79,204 @@ pub fn without_api_key(text: &str) -> Option<String> {
     seed::without_keys(text, &["api-key"])
 }
 
-/// Removes the API key from every writable seed that holds one. Returns what it could not do
-/// (as warnings: the server is registered; a leftover key is worth fixing, not failing for).
+/// What overwrites the key's bytes in place: a plain letter, so the seed stays valid TOML (its
+/// `api-key` just reads `"xxxx…"`) if the power goes before the rewrite, and a run resumed
+/// after that removes the line as it would have.
+const FILLER: u8 = b'x';
+
+/// Below this length the key's bytes are overwritten only inside its own value: replacing every
+/// occurrence of a very short string would mangle the rest of the seed (valid keys have 16 or
+/// more characters).
+const MIN_SEARCHED: usize = 8;
+
+/// How one seed loses its key: the byte ranges to overwrite in place, and the text it is
+/// rewritten with afterwards.
+#[derive(Debug, PartialEq)]
+struct Scrub {
+    ranges: Vec<Range<usize>>,
+    scrubbed: String,
+}
+
+/// The scrub of a seed holding a non-blank `api-key`; `None` if it holds none, or is not a seed
+/// the agent could have read (not UTF-8, not TOML).
+///
+/// The ranges cover every occurrence of the key's bytes (a commented-out copy too), and the
+/// whole text between the quotes of the `api-key` value. The second matters when the value is
+/// written with TOML escapes (`"gwk\u005F…"`): then the decoded key does not occur byte for
+/// byte, but its escaped form is what the disk holds. A copy elsewhere in some other escaped
+/// form cannot be recognised and stays; the docs ask for seeds written plainly.
+fn plan_scrub(bytes: &[u8]) -> Option<Scrub> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    without_api_key(text)?;
+    let (table, _) = DeTable::parse_recoverable(text);
+    let (_, value) = table
+        .get_ref()
+        .iter()
+        .find(|(k, _)| k.get_ref() == "api-key")?;
+    let mut ranges = Vec::new();
+    if let toml::de::DeValue::String(key) = value.get_ref()
+        && let Some(inside) = between_quotes(text, value.span())
+    {
+        ranges.extend(occurrences(bytes, key.as_bytes()));
+        ranges.extend(occurrences(bytes, text[inside.clone()].as_bytes()));
+        ranges.push(inside);
+    }
+    let ranges = merged(ranges);
+    let mut filled = bytes.to_vec();
+    for r in &ranges {
+        filled[r.clone()].fill(FILLER);
+    }
+    // The filler is ASCII written over whole ranges, so the text stays UTF-8.
+    let filled = String::from_utf8(filled).ok()?;
+    // From the filled text, so that no copy of the key (a comment) comes back in the new file.
+    // It parses unless the key's bytes also stood in the TOML syntax around a value (a key
+    // such as `account`): then the filled text itself is written; the key is gone either way.
+    let scrubbed = without_api_key(&filled).unwrap_or(filled);
+    Some(Scrub { ranges, scrubbed })
+}
+
+/// The bytes between the delimiters of a string literal at `span` (`"…"`, `'…'`, `"""…"""`,
+/// `'''…'''`).
+fn between_quotes(text: &str, span: Range<usize>) -> Option<Range<usize>> {
+    let raw = text.get(span.clone())?;
+    let quote = if raw.starts_with("\"\"\"") || raw.starts_with("'''") {
+        3
+    } else if raw.starts_with(['"', '\'']) {
+        1
+    } else {
+        return None;
+    };
+    (raw.len() >= 2 * quote).then(|| span.start + quote..span.end - quote)
+}
+
+/// Where `needle` occurs in `haystack` (overlapping occurrences too); nothing for short needles.
+fn occurrences(haystack: &[u8], needle: &[u8]) -> Vec<Range<usize>> {
+    if needle.len() < MIN_SEARCHED {
+        return Vec::new();
+    }
+    haystack
+        .windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .map(|(i, _)| i..i + needle.len())
+        .collect()
+}
+
+/// The ranges sorted, overlapping and touching ones joined.
+fn merged(mut ranges: Vec<Range<usize>>) -> Vec<Range<usize>> {
+    ranges.retain(|r| !r.is_empty());
+    ranges.sort_by_key(|r| r.start);
+    let mut out: Vec<Range<usize>> = Vec::new();
+    for r in ranges {
+        match out.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// Removes the API key from every writable seed that holds one: first its bytes are overwritten
+/// in the file's own blocks (ext4 and FAT write a rewritten range where it was), flushed to the
+/// disk, then the file is replaced by the seed without the `api-key` line. Replacing alone
+/// would leave the key in freed blocks. Returns what it could not do (as warnings: the server
+/// is registered; a leftover key is worth fixing, not failing for). Messages name the file,
+/// never the key.
 pub fn scrub_api_key(root: &Root) -> Vec<String> {
     let mut warnings = Vec::new();
     for path in [ETC_SEED, BOOT_SEED] {
-        let real = root.path(path);
-        let Ok(text) = std::fs::read_to_string(&real) else {
-            continue;
-        };
-        let Some(scrubbed) = without_api_key(&text) else {
-            continue;
-        };
-        let mode = std::fs::metadata(&real)
-            .map(|m| m.permissions().mode() & 0o7777)
-            .unwrap_or(0o600);
-        match fsutil::write_atomic(&real, scrubbed.as_bytes(), mode) {
-            Ok(()) => log::info!("removed the API key from {path}"),
-            Err(e) => warnings.push(format!(
-                "could not remove the API key from {path} ({e}); remove the api-key line by hand"
-            )),
-        }
+        scrub_seed_file(&root.path(path), path, &mut warnings);
     }
     if let Ok(device) = root.resolve_links(Path::new(GWSEED_DEVICE))
         && let Ok(Some(bytes)) = gwseed::read_file(&device, GWSEED_FILE, seed::MAX_SEED_BYTES)
-        && let Some(scrubbed) = without_api_key(&String::from_utf8_lossy(&bytes))
+        && let Some(plan) = plan_scrub(&bytes)
     {
-        match gwseed::replace_file(&device, GWSEED_FILE, scrubbed.as_bytes()) {
-            Ok(()) => log::info!("removed the API key from {GWSEED_DEVICE}:{GWSEED_FILE}"),
+        let shown = format!("{GWSEED_DEVICE}:{GWSEED_FILE}");
+        let ranges: Vec<Range<u64>> = plan
+            .ranges
+            .iter()
+            .map(|r| r.start as u64..r.end as u64)
+            .collect();
+        match gwseed::overwrite_in_place(&device, GWSEED_FILE, &ranges, FILLER) {
+            Ok(()) => crate::commands::provision::failpoint("after-scrub-overwrite"),
+            Err(e) => warnings.push(format!(
+                "overwriting the API key in place in {shown}: {e}; the stick may still hold it in \
+                 freed space: wipe it (or reformat it) once provisioned"
+            )),
+        }
+        match gwseed::replace_file(&device, GWSEED_FILE, plan.scrubbed.as_bytes()) {
+            Ok(()) => log::info!("removed the API key from {shown}"),
             Err(e) => warnings.push(format!(
                 "could not remove the API key from the GWSEED seed ({e}); remove the api-key line by hand"
             )),
         }
     }
     warnings
+}
+
+/// [`scrub_api_key`] for one seed file on a mounted filesystem (`/etc` on ext4, `/boot` on the
+/// ESP's FAT). `shown` is the appliance path, for messages.
+fn scrub_seed_file(real: &Path, shown: &str, warnings: &mut Vec<String>) {
+    let Ok(bytes) = std::fs::read(real) else {
+        return; // no such seed
+    };
+    if bytes.len() > seed::MAX_SEED_BYTES {
+        return; // not read as a seed either (seed-too-large)
+    }
+    let Some(read) = plan_scrub(&bytes) else {
+        return;
+    };
+    let mode = std::fs::metadata(real)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o600);
+    let plan = match overwrite_seed_file(real, mode) {
+        Ok(Some(plan)) => {
+            crate::commands::provision::failpoint("after-scrub-overwrite");
+            plan
+        }
+        Ok(None) => return, // changed meanwhile, and holds no key now
+        Err(e) => {
+            warnings.push(format!(
+                "overwriting the API key in place in {shown}: {e}; the filesystem may keep it \
+                 in freed blocks until they are reused"
+            ));
+            read
+        }
+    };
+    match fsutil::write_atomic(real, plan.scrubbed.as_bytes(), mode) {
+        Ok(()) => log::info!("removed the API key from {shown}"),
+        Err(e) => warnings.push(format!(
+            "could not remove the API key from {shown} ({e}); remove the api-key line by hand"
+        )),
+    }
+}
+
+/// Overwrites the key's bytes in the seed file's own blocks and flushes them to the disk.
+/// Returns the scrub planned from what it read through the same handle (`None`: no key).
+fn overwrite_seed_file(real: &Path, mode: u32) -> io::Result<Option<Scrub>> {
+    let open = || OpenOptions::new().read(true).write(true).open(real);
+    let mut file = match open() {
+        // The unit runs as root without CAP_DAC_OVERRIDE: it may replace a file whose mode
+        // says read-only (the directory is writable) but not open it for writing. As its
+        // owner it may make it writable; the rewrite gives the new file the old mode.
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied && mode & 0o200 == 0 => {
+            std::fs::set_permissions(real, std::fs::Permissions::from_mode(mode | 0o200))?;
+            open()?
+        }
+        other => other?,
+    };
+    let mut bytes = Vec::new();
+    (&mut file)
+        .take(seed::MAX_SEED_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    let Some(plan) = plan_scrub(&bytes) else {
+        return Ok(None);
+    };
+    for r in &plan.ranges {
+        file.write_all_at(&vec![FILLER; r.len()], r.start as u64)?;
+    }
+    file.sync_all()?;
+    Ok(Some(plan))
 }
 
 /// Marks provisioning done (the unit's and the gateway's condition).
@@ -145,5 +312,152 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(without_api_key(input).as_deref(), *want, "{input:?}");
         }
+    }
+
+    const KEY: &str = "gwk_0123456789abcdefABCDEF";
+
+    fn holds(bytes: &[u8], needle: &str) -> bool {
+        bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+
+    fn parses(text: &str) -> bool {
+        DeTable::parse_recoverable(text).1.is_empty()
+    }
+
+    #[test]
+    fn the_plan_covers_every_copy_of_the_key_and_keeps_the_seed_valid() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "primary = \"p\"\napi-key = \"gwk_0123456789abcdefABCDEF\" # key\n",
+                "primary = \"p\"\n",
+            ),
+            // A commented-out copy goes too, from the in-place step and from the new file.
+            (
+                "# old: api-key = \"gwk_0123456789abcdefABCDEF\"\napi-key = 'gwk_0123456789abcdefABCDEF'\n",
+                "# old: api-key = \"xxxxxxxxxxxxxxxxxxxxxxxxxx\"\n",
+            ),
+            // TOML escapes: the decoded key is not in the file byte for byte.
+            (
+                "api-key = \"gwk\\u005F0123456789abcdefABCDEF\"\naccount = \"a\"\n",
+                "account = \"a\"\n",
+            ),
+            (
+                "api-key = \"\"\"\ngwk_0123456789abcdefABCDEF\\\n  \"\"\"\naccount = \"a\"\n",
+                "account = \"a\"\n",
+            ),
+        ];
+        for (input, want) in cases {
+            let plan = plan_scrub(input.as_bytes()).expect(input);
+            let mut filled = input.as_bytes().to_vec();
+            for r in &plan.ranges {
+                filled[r.clone()].fill(FILLER);
+            }
+            let filled = String::from_utf8(filled).unwrap();
+            assert!(
+                !filled.contains(KEY) && !filled.contains("u005F"),
+                "{filled}"
+            );
+            assert!(
+                parses(&filled),
+                "stays TOML after the in-place step: {filled}"
+            );
+            let value = toml::from_str::<toml::Table>(&filled).unwrap()["api-key"].clone();
+            assert!(
+                value.as_str().unwrap().bytes().all(|b| b == FILLER),
+                "{value}"
+            );
+            assert_eq!(plan.scrubbed, *want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn short_keys_other_values_and_no_keys() {
+        // A short key is overwritten only in its own value, not wherever its letters occur.
+        let text = "account = \"abcd.example\"\napi-key = \"abcd\"\n";
+        let at = text.rfind("abcd").unwrap();
+        let plan = plan_scrub(text.as_bytes()).unwrap();
+        assert_eq!(plan.ranges, vec![at..at + 4]);
+        assert_eq!(plan.scrubbed, "account = \"abcd.example\"\n");
+        let plan = plan_scrub(b"api-key = 12345\naccount = \"a\"\n").unwrap();
+        assert!(plan.ranges.is_empty());
+        assert_eq!(plan.scrubbed, "account = \"a\"\n");
+        for none in [
+            &b"api-key = \"  \"\n"[..],
+            b"account = \"a\"\n",
+            b"api-key = \"gwk_0123456789abcdefABCDEF\n",
+            b"api-key = \"gwk_0123456789abcdef\xff\"\n",
+        ] {
+            assert_eq!(plan_scrub(none), None, "{}", String::from_utf8_lossy(none));
+        }
+    }
+
+    /// A tree with seeds in /etc (mode 0400) and /boot, and a GWSEED image, each holding KEY.
+    fn tree_with_seeds() -> (tempfile::TempDir, Root) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        let etc = root.path(ETC_SEED);
+        std::fs::create_dir_all(etc.parent().unwrap()).unwrap();
+        std::fs::write(
+            &etc,
+            format!("# etc seed\nprimary = \"p.example\"\napi-key = \"{KEY}\"\naccount = \"a.example\"\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o400)).unwrap();
+        let boot = root.path(BOOT_SEED);
+        std::fs::create_dir_all(boot.parent().unwrap()).unwrap();
+        std::fs::write(&boot, format!("api-key = \"{KEY}\" # portal\n")).unwrap();
+        let link = root.path(GWSEED_DEVICE);
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        crate::settings::gwseed::tests::fat_image(
+            &root.path("/gwseed.img"),
+            &[(
+                "seed.toml",
+                format!("account = \"a.example\"\napi-key = \"{KEY}\"\n").as_bytes(),
+            )],
+        );
+        std::os::unix::fs::symlink("/gwseed.img", &link).unwrap();
+        (dir, root)
+    }
+
+    #[test]
+    fn scrub_overwrites_the_old_blocks_then_replaces_every_seed() {
+        let (_dir, root) = tree_with_seeds();
+        // Handles on the files as they are: after the rename they still reach the old inodes,
+        // i.e. the blocks the filesystem frees.
+        let mut old: Vec<(&str, std::fs::File)> = [ETC_SEED, BOOT_SEED]
+            .into_iter()
+            .map(|p| (p, std::fs::File::open(root.path(p)).unwrap()))
+            .collect();
+        let warnings = scrub_api_key(&root);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        for (path, file) in &mut old {
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes).unwrap();
+            assert!(
+                !holds(&bytes, KEY),
+                "{path}: the old blocks still hold the key"
+            );
+            assert!(parses(std::str::from_utf8(&bytes).unwrap()), "{path}");
+            let now = std::fs::read_to_string(root.path(*path)).unwrap();
+            assert!(parses(&now) && !now.contains("api-key"), "{path}: {now}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(root.path(ETC_SEED)).unwrap(),
+            "# etc seed\nprimary = \"p.example\"\naccount = \"a.example\"\n"
+        );
+        let mode = std::fs::metadata(root.path(ETC_SEED))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o400, "the seed keeps its mode");
+        let image = std::fs::read(root.path("/gwseed.img")).unwrap();
+        assert!(!holds(&image, KEY), "the GWSEED image still holds the key");
+        let device = root.path("/gwseed.img");
+        let seed = gwseed::read_file(&device, GWSEED_FILE, 1024)
+            .unwrap()
+            .unwrap();
+        assert_eq!(seed, b"account = \"a.example\"\n");
+        // Nothing left to do the second time, and nothing said.
+        assert!(scrub_api_key(&root).is_empty());
     }
 }

@@ -194,6 +194,8 @@ class VM:
         self.keyboard = None
         self.proc = None
         self.boots = 0
+        # Raw images plugged in as USB sticks (an xHCI controller, usb-storage: sd in the guest).
+        self.usb_sticks = []
 
     def start(self):
         self.boots += 1
@@ -214,6 +216,11 @@ class VM:
                "-device", f"virtio-net-pci,netdev=n0,mac={MAC}"]
         for cred in self.smbios:
             cmd += ["-smbios", f"type=11,value={cred}"]
+        if self.usb_sticks:
+            cmd += ["-device", "qemu-xhci,id=xhci"]
+        for i, stick in enumerate(self.usb_sticks):
+            cmd += ["-drive", f"if=none,id=stick{i},format=raw,file={stick}",
+                    "-device", f"usb-storage,bus=xhci.0,drive=stick{i}"]
         self.proc = subprocess.Popen(cmd, stdout=open(self.work / "qemu.log", "a"), stderr=subprocess.STDOUT)
         self.boot_started = time.monotonic()
 
@@ -310,6 +317,75 @@ def read_file(disk, path):
     off = partitions(disk)["root"]
     r = run(["debugfs", "-R", f"cat {path}", f"{disk}?offset={off}"], check=False)
     return r.stdout
+
+
+def write_root_file(disk, path, local, mode=0o600):
+    """Puts a file on the root partition before boot (debugfs; no mount), owned by root."""
+    off = partitions(disk)["root"]
+    parent, name = os.path.split(path)
+    commands = [f"mkdir {d}" for d in _parents(parent)]
+    commands += [f"cd {parent}", f"rm {name}", f"write {local} {name}",
+                 f"sif {name} mode 0{0o100000 | mode:o}", f"sif {name} uid 0", f"sif {name} gid 0"]
+    with tempfile.NamedTemporaryFile("w", suffix=".debugfs", delete=False) as f:
+        f.write("\n".join(commands) + "\n")
+    try:
+        run(["debugfs", "-w", "-f", f.name, f"{disk}?offset={off}"])
+    finally:
+        os.unlink(f.name)
+    if read_file(disk, path) != Path(local).read_text():
+        raise Failed(f"writing {path} into the root partition did not take")
+
+
+def _parents(path):
+    """/a/b/c -> /a, /a/b, /a/b/c (debugfs mkdir complains about those that exist; harmless)."""
+    parts = [p for p in path.split("/") if p]
+    return ["/" + "/".join(parts[:i + 1]) for i in range(len(parts))]
+
+
+def write_esp_file(disk, name, local):
+    """Puts a file at the top of the ESP, which the appliance mounts on /boot (mtools)."""
+    run(["mcopy", "-o", "-i", f"{disk}@@{ESP_OFFSET}", str(local), f"::{name}"])
+
+
+def gwseed_stick(work, seed_text):
+    """A USB stick image as a customer makes one: FAT (no partition table) labelled GWSEED,
+    holding seed.toml."""
+    stick = work / "stick.raw"
+    seed = work / "stick-seed.toml"
+    seed.write_text(seed_text)
+    run(["mkfs.vfat", "-n", "GWSEED", "-C", str(stick), str(8 * 1024)])
+    run(["mcopy", "-i", str(stick), str(seed), "::seed.toml"])
+    return stick
+
+
+def read_esp_file(disk, name):
+    r = run(["mtype", "-i", f"{disk}@@{ESP_OFFSET}", f"::{name}"], check=False)
+    return r.stdout
+
+
+def find_on_disk(disk, needle, chunk=64 * 1024 * 1024):
+    """Every offset of `needle` in a raw disk image (each with the partition that holds it, if
+    it has a partition table), freed blocks and all."""
+    r = run(["sfdisk", "-J", str(disk)], check=False)
+    table = json.loads(r.stdout).get("partitiontable", {}) if r.returncode == 0 else {}
+    sector = table.get("sectorsize", 512)
+    starts = sorted((p["start"] * sector, p.get("name", "")) for p in table.get("partitions", []))
+    hits = []
+    with open(disk, "rb") as f:
+        base, tail = 0, b""
+        while block := f.read(chunk):
+            data = tail + block
+            at = data.find(needle)
+            while at != -1:
+                hits.append(base - len(tail) + at)
+                at = data.find(needle, at + 1)
+            tail = data[-(len(needle) - 1):] if len(needle) > 1 else b""
+            base += len(block)
+    where = []
+    for hit in hits:
+        part = next((f"{name}+{hit - off}" for off, name in reversed(starts) if hit >= off), "outside any partition")
+        where.append(f"byte {hit} ({part})")
+    return where
 
 
 def journal(disk, work, unit=None):
