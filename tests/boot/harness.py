@@ -401,6 +401,54 @@ def journal(disk, work, unit=None):
     return run(args, check=False).stdout
 
 
+# A test-only unit put on each scenario's disk: once a boot is done (every start job finished),
+# it writes `boot-health: STATE` (systemctl is-system-running) to the journal. Type=exec, so
+# the boot does not wait for it.
+HEALTH_UNIT = """[Unit]
+Description=Boot test: report systemctl is-system-running once the boot is done
+[Service]
+Type=exec
+ExecStart=/bin/sh -c 'echo "boot-health: $(systemctl is-system-running --wait)"'
+[Install]
+WantedBy=multi-user.target
+"""
+# Journal lines of a unit that systemd stopped starting or triggering.
+LIMIT_MARKERS = ("Trigger limit hit", "Start request repeated too quickly", "start-limit-hit",
+                 "trigger-limit-hit")
+
+
+def install_health_probe(disk, work):
+    local = work / "boot-health.service"
+    local.write_text(HEALTH_UNIT)
+    write_root_file(disk, "/etc/systemd/system/boot-health.service", local, 0o644)
+    off = partitions(disk)["root"]
+    wants = "/etc/systemd/system/multi-user.target.wants"
+    script = work / "health.debugfs"
+    script.write_text("\n".join([*(f"mkdir {d}" for d in _parents(wants)), f"cd {wants}",
+                                  "symlink boot-health.service /etc/systemd/system/boot-health.service"]) + "\n")
+    run(["debugfs", "-w", "-f", str(script), f"{disk}?offset={off}"])
+
+
+def system_health(disk, work, expect_failed=()):
+    """Checks, from the journal of every boot of the scenario, that each boot that finished
+    reported `running`, that no unit failed (but those in `expect_failed`, which a scenario
+    provokes), and that no unit hit a start or trigger limit. Raises Failed otherwise."""
+    text = journal(disk, work)
+    limits = [line for line in text.splitlines() if any(m in line for m in LIMIT_MARKERS)]
+    if limits:
+        raise Failed("a unit hit a start or trigger limit:\n" + "\n".join(limits[:10]))
+    failed = set(re.findall(r"(\S+\.(?:service|path|socket|mount|timer|target)): Failed with result", text))
+    unexpected = failed - set(expect_failed)
+    if unexpected:
+        raise Failed(f"units failed: {sorted(unexpected)}")
+    states = re.findall(r"boot-health: (\S+)", text)
+    if not states:
+        raise Failed("no boot reported its health (systemctl is-system-running)")
+    allowed = {"running"} | ({"degraded"} if failed else set())
+    if any(s not in allowed for s in states):
+        raise Failed(f"systemctl is-system-running said {states} (expected only {sorted(allowed)})")
+
+
 def credential(name, value):
     return f"io.systemd.credential.binary:{name}={base64.b64encode(value.encode()).decode()}"
 
