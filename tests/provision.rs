@@ -943,7 +943,13 @@ fn killed_at_every_step_the_next_run_resumes_without_duplicates() {
             let seed = env.read("/etc/gateway/seed.toml");
             assert!(!seed.contains(&key), "{point}: key overwritten in place");
             let table: toml::Table = seed.parse().expect("the seed stays valid TOML");
-            assert!(table["api-key"].as_str().unwrap().bytes().all(|b| b == b'x'));
+            assert!(
+                table["api-key"]
+                    .as_str()
+                    .unwrap()
+                    .bytes()
+                    .all(|b| b == b'x')
+            );
         }
         let run = env.run(&["provision"]);
         assert_code(&run, 0);
