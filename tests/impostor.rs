@@ -242,61 +242,49 @@ fn a_self_signed_leaf_for_the_right_name() {
     }
 }
 
-#[test]
-fn a_leaf_from_the_right_ca_for_another_name() {
+/// A leaf issued by the customer's own CA, wrong in one way (`spec`), sent with that CA:
+/// refused with `code` under both the CA pin and `primary-ca`.
+fn customer_leaf_refused(spec: fn() -> Spec<'static>, code: &str, fix: &str) {
     for trust in [Trust::PinCa, Trust::CaFile] {
         refused(
             trust,
-            |customer| {
-                let leaf = issued_by(
-                    customer,
-                    Spec {
-                        names: &["printers.acme.example", "127.0.0.2"],
-                        ..Spec::default()
-                    },
-                );
-                Kind::tls(&leaf, &[customer], Answer::Primary)
-            },
-            "tls-wrong-name",
-            "use an address the primary's certificate names",
+            |customer| Kind::tls(&issued_by(customer, spec()), &[customer], Answer::Primary),
+            code,
+            fix,
         );
     }
+}
+
+#[test]
+fn a_leaf_from_the_right_ca_for_another_name() {
+    customer_leaf_refused(
+        || Spec {
+            names: &["printers.acme.example", "127.0.0.2"],
+            ..Spec::default()
+        },
+        "tls-wrong-name",
+        "use an address the primary's certificate names",
+    );
 }
 
 #[test]
 fn an_expired_leaf_from_the_right_ca() {
-    for trust in [Trust::PinCa, Trust::CaFile] {
-        refused(
-            trust,
-            |customer| {
-                let leaf = issued_by(
-                    customer,
-                    Spec {
-                        validity: Validity::Expired,
-                        ..Spec::default()
-                    },
-                );
-                Kind::tls(&leaf, &[customer], Answer::Primary)
-            },
-            "tls-expired",
-            "renew the primary's certificate",
-        );
-    }
+    customer_leaf_refused(
+        || Spec {
+            validity: Validity::Expired,
+            ..Spec::default()
+        },
+        "tls-expired",
+        "renew the primary's certificate",
+    );
 }
 
 #[test]
 fn a_leaf_from_the_right_ca_not_valid_yet() {
-    refused(
-        Trust::PinCa,
-        |customer| {
-            let leaf = issued_by(
-                customer,
-                Spec {
-                    validity: Validity::NotYet,
-                    ..Spec::default()
-                },
-            );
-            Kind::tls(&leaf, &[customer], Answer::Primary)
+    customer_leaf_refused(
+        || Spec {
+            validity: Validity::NotYet,
+            ..Spec::default()
         },
         "tls-not-yet-valid",
         "check the primary's certificate dates",
@@ -305,44 +293,26 @@ fn a_leaf_from_the_right_ca_not_valid_yet() {
 
 #[test]
 fn a_ca_certificate_used_as_the_leaf() {
-    for trust in [Trust::PinCa, Trust::CaFile] {
-        refused(
-            trust,
-            |customer| {
-                let leaf = issued_by(
-                    customer,
-                    Spec {
-                        ca: true,
-                        ..Spec::default()
-                    },
-                );
-                Kind::tls(&leaf, &[customer], Answer::Primary)
-            },
-            "tls-not-server-certificate",
-            "the primary must present a TLS server certificate",
-        );
-    }
+    customer_leaf_refused(
+        || Spec {
+            ca: true,
+            ..Spec::default()
+        },
+        "tls-not-server-certificate",
+        "the primary must present a TLS server certificate",
+    );
 }
 
 #[test]
 fn a_leaf_without_server_auth() {
-    for trust in [Trust::PinCa, Trust::CaFile] {
-        refused(
-            trust,
-            |customer| {
-                let leaf = issued_by(
-                    customer,
-                    Spec {
-                        server_auth: false,
-                        ..Spec::default()
-                    },
-                );
-                Kind::tls(&leaf, &[customer], Answer::Primary)
-            },
-            "tls-not-server-certificate",
-            "the primary must present a TLS server certificate",
-        );
-    }
+    customer_leaf_refused(
+        || Spec {
+            server_auth: false,
+            ..Spec::default()
+        },
+        "tls-not-server-certificate",
+        "the primary must present a TLS server certificate",
+    );
 }
 
 #[test]

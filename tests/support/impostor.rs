@@ -348,6 +348,27 @@ impl Conn {
         }
     }
 
+    /// One read, recorded: `Some(0)` when nothing came within the read timeout, `None` when
+    /// the peer is gone.
+    fn read_some(&self, s: &mut impl Read, buf: &mut [u8]) -> Option<usize> {
+        match s.read(buf) {
+            Ok(0) => None,
+            Ok(n) => {
+                self.record(&buf[..n]);
+                Some(n)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Some(0)
+            }
+            Err(_) => None,
+        }
+    }
+
     /// Reads one request head (and its body, by Content-Length); `None` when the peer is gone.
     fn request(&self, s: &mut impl Read) -> Option<()> {
         let started = std::time::Instant::now();
@@ -357,19 +378,8 @@ impl Conn {
             if self.stop.load(Ordering::Relaxed) || started.elapsed() > CONNECTION_LIFETIME {
                 return None;
             }
-            match s.read(&mut buf) {
-                Ok(0) => return None,
-                Ok(n) => {
-                    self.record(&buf[..n]);
-                    head.extend_from_slice(&buf[..n]);
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => return None,
-            }
+            let n = self.read_some(s, &mut buf)?;
+            head.extend_from_slice(&buf[..n]);
         }
         let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
         let end = text.find("\r\n\r\n").unwrap() + 4;
@@ -380,19 +390,10 @@ impl Conn {
             .unwrap_or(0);
         let mut have = head.len() - end;
         while have < length {
-            match s.read(&mut buf) {
-                Ok(0) => return None,
-                Ok(n) => {
-                    self.record(&buf[..n]);
-                    have += n;
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => return None,
+            if self.stop.load(Ordering::Relaxed) || started.elapsed() > CONNECTION_LIFETIME {
+                return None;
             }
+            have += self.read_some(s, &mut buf)?;
         }
         Some(())
     }
