@@ -174,6 +174,8 @@ fn toml_literal(value: &RawValue) -> Option<String> {
 /// written first under `comment`; every other line (settings, comments) kept as it was.
 /// `None` if `existing` is not valid TOML (the caller says so rather than lose it).
 pub fn with_entries(existing: &str, entries: &[Entry], comment: &str) -> Option<String> {
+    // A byte order mark is valid TOML only at the very start, which the new lines take.
+    let existing = existing.strip_prefix('\u{feff}').unwrap_or(existing);
     let names: Vec<&str> = entries.iter().map(|e| e.key.name()).collect();
     let rest = without_keys(existing, &names)?;
     let mut out = String::new();
@@ -317,5 +319,20 @@ mod tests {
             None,
             "broken TOML overwritten"
         );
+    }
+
+    #[test]
+    fn writing_over_a_seed_saved_with_a_byte_order_mark_keeps_it_valid() {
+        // Notepad saves UTF-8 with a BOM; TOML allows it at the start only.
+        let existing = "\u{feff}# from a laptop\nprimary = \"old.example\"\n";
+        let entries = [Entry {
+            key: Key::Account,
+            value: RawValue::Text("acme.example".into()),
+            origin: Origin::new(Source::Flag),
+        }];
+        let text = with_entries(existing, &entries, "written by a test").unwrap();
+        let (layer, problems) = parse(&text, src());
+        assert!(problems.is_empty(), "{text:?}: {problems:?}");
+        assert_eq!(layer.entries.len(), 2, "{text:?}");
     }
 }
