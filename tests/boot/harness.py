@@ -275,10 +275,13 @@ class VM:
         s.close()
 
     def poweroff(self, timeout=120):
-        """A clean shutdown (ACPI), so the journal reaches the disk; forced at the deadline."""
+        """A clean shutdown (ACPI), so the journal reaches the disk; forced at the deadline.
+        Waits first for the boot to have finished (boot-health.service reports it), so that
+        every boot's health is in the journal."""
         if not self.proc or self.proc.poll() is not None:
             return
         try:
+            self.wait_for("boot-health: ", BOOT_FINISHED)
             self.monitor_cmd("system_powerdown")
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and self.proc.poll() is None:
@@ -409,9 +412,12 @@ Description=Boot test: report systemctl is-system-running once the boot is done
 [Service]
 Type=exec
 ExecStart=/bin/sh -c 'echo "boot-health: $(systemctl is-system-running --wait)"'
+StandardOutput=journal+console
 [Install]
 WantedBy=multi-user.target
 """
+# How long a boot may still take to finish once a scenario is done with it (TCG, two VMs).
+BOOT_FINISHED = 240
 # Journal lines of a unit that systemd stopped starting or triggering.
 LIMIT_MARKERS = ("Trigger limit hit", "Start request repeated too quickly", "start-limit-hit",
                  "trigger-limit-hit")
