@@ -152,18 +152,55 @@ pub struct Outcome {
     pub summary: String,
     /// The records to create when the name is missing or points elsewhere.
     pub records_to_create: Vec<String>,
+    /// Records of this server's name that lead to another machine (a stale round-robin entry:
+    /// some print clients reach the other box): to delete.
+    pub records_to_delete: Vec<String>,
+    /// Reverse (PTR) records to create: this server's address does not resolve back to its
+    /// name. Print clients do not need them; logs and some terminals show names with them.
+    pub reverse_to_create: Vec<String>,
+}
+
+impl Outcome {
+    fn new(report: DnsReport, summary: String) -> Outcome {
+        Outcome {
+            report,
+            summary,
+            records_to_create: vec![],
+            records_to_delete: vec![],
+            reverse_to_create: vec![],
+        }
+    }
+}
+
+fn record(fqdn: &str, ip: &IpAddr) -> String {
+    let kind = if ip.is_ipv4() { "A" } else { "AAAA" };
+    format!("{fqdn}. IN {kind} {ip}")
+}
+
+/// The PTR record that makes `ip` resolve back to `fqdn`.
+fn reverse_record(fqdn: &str, ip: &IpAddr) -> String {
+    format!("{} IN PTR {fqdn}.", Name::from(*ip))
+}
+
+/// The addresses a record should name: the first of each family.
+fn record_addresses(own: &[IpAddr]) -> Vec<IpAddr> {
+    let v4 = own.iter().find(|ip| ip.is_ipv4());
+    let v6 = own.iter().find(|ip| ip.is_ipv6());
+    v4.into_iter().chain(v6).copied().collect()
 }
 
 fn records_for(fqdn: &str, own: &[IpAddr]) -> Vec<String> {
-    let v4 = own
+    record_addresses(own)
         .iter()
-        .find(|ip| ip.is_ipv4())
-        .map(|ip| format!("{fqdn}. IN A {ip}"));
-    let v6 = own
-        .iter()
-        .find(|ip| ip.is_ipv6())
-        .map(|ip| format!("{fqdn}. IN AAAA {ip}"));
-    v4.into_iter().chain(v6).collect()
+        .map(|ip| record(fqdn, ip))
+        .collect()
+}
+
+fn join(ips: &[IpAddr]) -> String {
+    ips.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Runs the check once.
@@ -181,33 +218,30 @@ pub async fn check(
         reverse,
     };
     let Some(fqdn) = fqdn else {
-        return Outcome {
-            report: report(DnsStatus::Missing, vec![], vec![]),
-            summary: format!(
+        return Outcome::new(
+            report(DnsStatus::Missing, vec![], vec![]),
+            format!(
                 "this server ({hostname}) has no domain name, so no DNS record can name it; \
                  set hostname = \"{hostname}.<domain>\" in the seed or have DHCP hand out a domain"
             ),
-            records_to_create: vec![],
-        };
+        );
     };
     let resolver = match resolver {
         Ok(r) => r,
         Err(why) => {
-            return Outcome {
-                report: report(DnsStatus::Error, vec![], vec![]),
-                summary: format!("cannot check DNS for {fqdn}: {why}"),
-                records_to_create: vec![],
-            };
+            return Outcome::new(
+                report(DnsStatus::Error, vec![], vec![]),
+                format!("cannot check DNS for {fqdn}: {why}"),
+            );
         }
     };
     let name = match Name::from_ascii(format!("{fqdn}.")) {
         Ok(n) => n,
         Err(e) => {
-            return Outcome {
-                report: report(DnsStatus::Error, vec![], vec![]),
-                summary: format!("{fqdn} is not a DNS name: {e}"),
-                records_to_create: vec![],
-            };
+            return Outcome::new(
+                report(DnsStatus::Error, vec![], vec![]),
+                format!("{fqdn} is not a DNS name: {e}"),
+            );
         }
     };
     let mut resolved = Vec::new();
@@ -228,79 +262,171 @@ pub async fn check(
     }
     resolved.sort();
     resolved.dedup();
-    let mine: Vec<IpAddr> = resolved
-        .iter()
-        .copied()
-        .filter(|ip| own.contains(ip))
-        .collect();
+    let (mine, foreign): (Vec<IpAddr>, Vec<IpAddr>) =
+        resolved.iter().partition(|ip| own.contains(ip));
+    // Reverse lookups for the addresses the name should lead to: those it does, else the ones
+    // a record would name.
+    let targets = if mine.is_empty() {
+        record_addresses(own)
+    } else {
+        mine.clone()
+    };
     let mut reverse = Vec::new();
-    for ip in mine.iter().chain(own.iter().take(1)) {
+    let mut reverse_to_create = Vec::new();
+    for ip in &targets {
+        let mut names = Vec::new();
         if let Ok(ptr) = resolver.reverse_lookup(Name::from(*ip)).await {
             for r in ptr.answers() {
                 if let RData::PTR(p) = &r.data {
-                    let n = p.0.to_string().trim_end_matches('.').to_string();
-                    if !reverse.contains(&n) {
-                        reverse.push(n);
-                    }
+                    names.push(p.0.to_string().trim_end_matches('.').to_ascii_lowercase());
                 }
             }
         }
+        if !names.iter().any(|n| n == &fqdn.to_ascii_lowercase()) {
+            reverse_to_create.push(reverse_record(fqdn, ip));
+        }
+        for n in names {
+            if !reverse.contains(&n) {
+                reverse.push(n);
+            }
+        }
     }
-    let own_text = own
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ");
-    if !mine.is_empty() {
-        let rev = if reverse.is_empty() {
-            "no reverse (PTR) record".to_string()
-        } else {
-            format!("reverse: {}", reverse.join(", "))
-        };
-        return Outcome {
-            summary: format!(
+    let rev = if reverse.is_empty() {
+        "no reverse (PTR) record".to_string()
+    } else {
+        format!("reverse: {}", reverse.join(", "))
+    };
+    if !mine.is_empty() && foreign.is_empty() {
+        let mut outcome = Outcome::new(
+            report(DnsStatus::Ok, resolved, reverse),
+            format!(
                 "DNS: {fqdn} resolves to this server ({}); {rev}",
-                mine.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                join(&mine)
             ),
-            report: report(DnsStatus::Ok, resolved, reverse),
-            records_to_create: vec![],
-        };
+        );
+        outcome.reverse_to_create = reverse_to_create;
+        return outcome;
+    }
+    if !mine.is_empty() {
+        // This server and another machine: a stale entry of a round robin, a copied record.
+        let delete: Vec<String> = foreign.iter().map(|ip| record(fqdn, ip)).collect();
+        let mut outcome = Outcome::new(
+            report(DnsStatus::Mismatch, resolved, reverse),
+            format!(
+                "DNS has {fqdn} pointing at this server ({}) and also at {}, which is not this \
+                 server: some print clients and terminals reach the other machine. Delete: {}",
+                join(&mine),
+                join(&foreign),
+                delete.join("; ")
+            ),
+        );
+        outcome.records_to_delete = delete;
+        outcome.reverse_to_create = reverse_to_create;
+        return outcome;
     }
     if resolved.is_empty() {
         if let Some(why) = failure {
-            return Outcome {
-                report: report(DnsStatus::Error, vec![], reverse),
-                summary: format!("cannot check DNS for {fqdn}: {why}"),
-                records_to_create: records_for(fqdn, own),
-            };
+            let mut outcome = Outcome::new(
+                report(DnsStatus::Error, vec![], reverse),
+                format!("cannot check DNS for {fqdn}: {why}"),
+            );
+            outcome.records_to_create = records_for(fqdn, own);
+            return outcome;
         }
         let records = records_for(fqdn, own);
-        return Outcome {
-            summary: format!(
+        let mut outcome = Outcome::new(
+            report(DnsStatus::Missing, vec![], reverse),
+            format!(
                 "DNS has no record for {fqdn}; print clients and terminals cannot find this server. Create: {}",
                 records.join("; ")
             ),
-            report: report(DnsStatus::Missing, vec![], reverse),
-            records_to_create: records,
-        };
+        );
+        outcome.records_to_create = records;
+        outcome.reverse_to_create = reverse_to_create;
+        return outcome;
     }
     let records = records_for(fqdn, own);
-    Outcome {
-        summary: format!(
-            "DNS has {fqdn} pointing at {}, not at this server ({own_text}). Change it to: {}",
-            resolved
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
+    let delete: Vec<String> = foreign.iter().map(|ip| record(fqdn, ip)).collect();
+    let mut outcome = Outcome::new(
+        report(DnsStatus::Mismatch, resolved, reverse),
+        format!(
+            "DNS has {fqdn} pointing at {}, not at this server ({}). Change it to: {}",
+            join(&foreign),
+            join(own),
             records.join("; ")
         ),
-        report: report(DnsStatus::Mismatch, resolved, reverse),
-        records_to_create: records,
+    );
+    outcome.records_to_create = records;
+    outcome.records_to_delete = delete;
+    outcome.reverse_to_create = reverse_to_create;
+    outcome
+}
+
+impl Outcome {
+    /// Records the outcome in the state: the report and what is left to do in DNS.
+    pub fn record_in(&self, state: &mut crate::state::State) {
+        state.dns = Some(self.report.clone());
+        state.dns_records_missing = self.records_to_create.clone();
+        state.dns_records_to_delete = self.records_to_delete.clone();
+        state.dns_reverse_missing = self.reverse_to_create.clone();
+        state.dns_warning = (!self.settled()).then(|| self.summary.clone());
     }
+
+    /// Nothing left to do in DNS for print clients (a reverse record may still be suggested).
+    pub fn settled(&self) -> bool {
+        self.report.status == DnsStatus::Ok
+    }
+}
+
+/// Runs the check again for a provisioned server (its name, nameservers and addresses as at
+/// provisioning): `None` when it was off or never ran, or when the resolver failed now (what
+/// was known stays; a DNS outage does not make a record look fixed or missing).
+pub async fn recheck(root: &Root, state: &crate::state::State) -> Option<Outcome> {
+    let last = state.dns.as_ref()?;
+    if last.status == DnsStatus::Skipped {
+        return None;
+    }
+    let name = state.hostname.as_deref()?;
+    let (host, fqdn) = match name.split_once('.') {
+        Some((host, _)) => (host, Some(name)),
+        None => (name, None),
+    };
+    let nameservers: Vec<SocketAddr> = state
+        .primary
+        .as_ref()
+        .map(|p| {
+            p.nameservers
+                .iter()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let resolver = resolver(root, &nameservers);
+    let outcome = check(
+        resolver.as_ref().map_err(String::as_str),
+        host,
+        fqdn,
+        &own_addresses(),
+    )
+    .await;
+    (outcome.report.status != DnsStatus::Error).then_some(outcome)
+}
+
+/// What is left to do in DNS, one line each, for the login console: kept there until done.
+pub fn todo_lines(state: &crate::state::State) -> Vec<String> {
+    let create = state
+        .dns_records_missing
+        .iter()
+        .map(|r| format!("DNS record missing (create it): {r}"));
+    let delete = state
+        .dns_records_to_delete
+        .iter()
+        .map(|r| format!("DNS record leads to another machine (delete it): {r}"));
+    let reverse = state
+        .dns_reverse_missing
+        .iter()
+        .map(|r| format!("Reverse DNS record (suggested): {r}"));
+    create.chain(delete).chain(reverse).collect()
 }
 
 #[cfg(test)]

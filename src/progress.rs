@@ -98,10 +98,13 @@ impl Progress {
         Self::notify(&[NotifyState::Status(&text)]);
         self.activity = text;
         self.write_status(state);
-        self.console(&format!(
-            "Gateway provisioning failed: {}. Fix: {}",
-            failure.message, failure.fix
-        ));
+        self.console(
+            state,
+            &format!(
+                "Gateway provisioning failed: {}. Fix: {}",
+                failure.message, failure.fix
+            ),
+        );
     }
 
     /// The persisted state, or the exit status after saying why it cannot be read.
@@ -131,10 +134,14 @@ impl Progress {
         Self::notify(&[NotifyState::Ready]);
     }
 
-    /// The one line on the login console (agetty shows /etc/issue.d/*.issue above the login).
-    pub fn console(&self, line: &str) {
+    /// The lines above the login prompt (agetty shows /etc/issue.d/*.issue): `line`, where
+    /// provisioning stands, then what is still to do in DNS (kept until the record is right:
+    /// every step's line carries it, so none erases it).
+    pub fn console(&self, state: &State, line: &str) {
+        let mut lines = vec![line.to_string()];
+        lines.extend(crate::dns::todo_lines(state));
         // In issue files a backslash starts an escape; write it literally.
-        let text = format!("{}\n\n", line.replace('\\', "\\\\"));
+        let text = format!("{}\n\n", lines.join("\n").replace('\\', "\\\\"));
         if let Err(e) = fsutil::write_quick(&self.root.path(ISSUE_FILE), text.as_bytes(), 0o644) {
             log::warn!("writing {ISSUE_FILE}: {e}");
             return;
@@ -162,7 +169,9 @@ impl Progress {
             "short_fingerprint": state.key_fingerprint.as_deref().map(crate::protocol::short_fingerprint),
             "dns": state.dns,
             "dns_records_missing": state.dns_records_missing,
-            "warnings": state.warnings,
+            "dns_records_to_delete": state.dns_records_to_delete,
+            "dns_reverse_missing": state.dns_reverse_missing,
+            "warnings": state.all_warnings(),
             "last_error": state.last_error,
             "updated": crate::state::now_rfc3339(),
         });

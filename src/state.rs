@@ -69,16 +69,32 @@ pub struct State {
     pub dns: Option<DnsReport>,
     /// Records the DNS check says to create (`gw01.acme.lan. IN A 192.0.2.10`).
     pub dns_records_missing: Vec<String>,
+    /// Records of this server's name that lead to another machine: to delete.
+    pub dns_records_to_delete: Vec<String>,
+    /// Reverse (PTR) records that would make this server's address resolve to its name.
+    pub dns_reverse_missing: Vec<String>,
     pub server_id: Option<String>,
     pub key_fingerprint: Option<String>,
     pub trust: Option<TrustState>,
     pub api_key_is_default: bool,
     pub warnings: Vec<String>,
+    /// What the last DNS check found wrong, if anything: replaced by every new check (the
+    /// trust step checks again at each boot), so it goes once DNS is right.
+    pub dns_warning: Option<String>,
     pub last_error: Option<Failure>,
     pub updated: Option<String>,
 }
 
 impl State {
+    /// Every open warning: the DNS check's, then the rest.
+    pub fn all_warnings(&self) -> Vec<String> {
+        self.dns_warning
+            .iter()
+            .chain(&self.warnings)
+            .cloned()
+            .collect()
+    }
+
     pub fn load(root: &Root) -> Result<State, Failure> {
         let path = root.path(STATE_FILE);
         let Some(bytes) =

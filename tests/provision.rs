@@ -220,7 +220,7 @@ fn a_missing_dns_record_warns_and_names_the_record_to_create() {
     assert_eq!(status["dns_records_missing"][0], record.as_str());
     assert!(
         env.read("/etc/issue.d/gateway-firstboot.issue")
-            .contains(&format!("DNS record missing: {record}"))
+            .contains(&format!("DNS record missing (create it): {record}"))
     );
     assert_eq!(
         env.sim.all_servers()[0]["dns"],
@@ -245,6 +245,99 @@ fn a_dns_record_pointing_elsewhere_is_a_mismatch() {
         run.stdout
     );
     assert_eq!(env.status().1["dns"]["status"], "mismatch");
+}
+
+#[test]
+fn a_name_that_also_leads_to_another_machine_names_the_record_to_delete() {
+    // A stale round-robin entry: some print clients would reach the other box.
+    let stale: IpAddr = "198.51.100.7".parse().unwrap();
+    let env = Env::new().with_dns(&[(FQDN, host_address()), (FQDN, stale)]);
+    let mut env = env;
+    env.reseed("");
+    let run = env.run(&["provision"]);
+    assert_code(&run, 0);
+    let delete = format!("{FQDN}. IN A {stale}");
+    assert!(
+        run.stdout.contains(&format!(
+            "pointing at this server ({}) and also at {stale}, which is not this server",
+            host_address()
+        )) && run
+            .stdout
+            .contains(&format!("delete this DNS record: {delete}")),
+        "{}",
+        run.stdout
+    );
+    let (_, status) = env.status();
+    assert_eq!(status["dns"]["status"], "mismatch");
+    assert_eq!(status["dns_records_to_delete"][0], delete.as_str());
+    assert_eq!(status["dns_records_missing"].as_array().unwrap().len(), 0);
+    assert!(
+        env.read("/etc/issue.d/gateway-firstboot.issue")
+            .contains(&format!("(delete it): {delete}")),
+        "{}",
+        env.read("/etc/issue.d/gateway-firstboot.issue")
+    );
+    assert_eq!(env.sim.all_servers()[0]["dns"], "mismatch");
+}
+
+#[test]
+fn a_missing_reverse_record_is_suggested() {
+    let env = Env::new();
+    let mut env = env;
+    env.dns = Some(Dnsmasq::start_forward_only(&[(FQDN, host_address())]));
+    env.reseed("");
+    let run = env.run(&["provision"]);
+    assert_code(&run, 0);
+    let ip = host_address().to_string();
+    let octets: Vec<&str> = ip.split('.').rev().collect();
+    let ptr = format!("{}.in-addr.arpa. IN PTR {FQDN}.", octets.join("."));
+    assert!(
+        run.stdout
+            .contains(&format!("suggested reverse DNS record: {ptr}")),
+        "{}",
+        run.stdout
+    );
+    let (_, status) = env.status();
+    assert_eq!(
+        status["dns"]["status"], "ok",
+        "a reverse record is not required"
+    );
+    assert_eq!(status["dns_reverse_missing"][0], ptr.as_str());
+}
+
+#[test]
+fn the_missing_record_stays_on_the_console_through_trust_until_dns_has_it() {
+    let env = Env::new().with_dns(&[]);
+    let mut env = env;
+    env.reseed("");
+    assert_code(&env.run(&["provision"]), 0);
+    let record = format!("{FQDN}. IN A {}", host_address());
+    let line = format!("DNS record missing (create it): {record}");
+    let id = env.sim.all_servers()[0]["server_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.sim.ok(&["authorize", &id]);
+    let trust = ["await-trust", "--poll-max", "1s", "--timeout", "60s"];
+    assert_code(&env.run(&trust), 0);
+    let issue = env.read("/etc/issue.d/gateway-firstboot.issue");
+    assert!(
+        issue.contains("is trusted by") && issue.contains(&line),
+        "the trust line adds to the DNS advice, it does not replace it:\n{issue}"
+    );
+    // The administrator creates the record; at the next boot the trust step checks again.
+    let port = env.dns.as_ref().unwrap().port;
+    env.dns.as_mut().unwrap().stop();
+    env.dns = Some(Dnsmasq::start_on(port, &[(FQDN, host_address())]));
+    assert_code(&env.run(&trust), 0);
+    let issue = env.read("/etc/issue.d/gateway-firstboot.issue");
+    assert!(
+        issue.contains("is trusted by") && !issue.contains("DNS record"),
+        "the advice goes once DNS is right:\n{issue}"
+    );
+    let (code, status) = env.status();
+    assert_eq!(status["dns"]["status"], "ok");
+    assert_eq!(code, 0, "trusted, no DNS warning left");
 }
 
 #[test]

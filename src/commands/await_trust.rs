@@ -64,12 +64,21 @@ async fn wait(
             access.url
         );
         progress.step(state, progress::MSG_AWAITING_TRUST, &text);
-        progress.console(&format!(
+        let waiting_line = format!(
             "Gateway {id} waits for authorization: on the primary's web page, open Server information and click Authorize. Key fingerprint {short}."
-        ));
+        );
+        refresh_dns(root, state).await;
+        progress.console(state, &waiting_line);
+        let mut dns_checked = tokio::time::Instant::now();
         let mut backoff = Backoff::new(Duration::from_secs(1), args.poll_max, args.timeout);
         let mut primary: Option<Primary> = None;
         loop {
+            if dns_checked.elapsed() >= DNS_RECHECK {
+                dns_checked = tokio::time::Instant::now();
+                if refresh_dns(root, state).await {
+                    progress.console(state, &waiting_line);
+                }
+            }
             let attempt = async {
                 if primary.is_none() {
                     primary = Some(Primary::connect(root, &endpoint, &account, None).await?);
@@ -161,12 +170,43 @@ async fn wait(
             access.url, hello.server_id, hello.at
         ),
     );
-    progress.console(&format!(
-        "Gateway {id} is trusted by {} (account {account}); secure connection established.",
-        access.url
-    ));
+    refresh_dns(root, state).await;
+    progress.console(
+        state,
+        &format!(
+            "Gateway {id} is trusted by {} (account {account}); secure connection established.",
+            access.url
+        ),
+    );
     notify_gateway(root, args);
     Ok(())
+}
+
+/// How often the DNS check runs again while waiting for authorization.
+const DNS_RECHECK: Duration = Duration::from_secs(60);
+
+/// Runs the DNS check again (on every start of the trust step, so at every boot, and while it
+/// waits): the console keeps a missing or wrong record until DNS is right. Returns whether
+/// what is left to do changed; records that in the state.
+async fn refresh_dns(root: &Root, state: &mut State) -> bool {
+    let Some(outcome) = crate::dns::recheck(root, state).await else {
+        return false;
+    };
+    let before = crate::dns::todo_lines(state);
+    outcome.record_in(state);
+    let after = crate::dns::todo_lines(state);
+    if before == after {
+        return false;
+    }
+    if after.is_empty() || outcome.settled() {
+        log::info!(MESSAGE_ID = progress::MSG_DNS_OK; "{}", outcome.summary);
+    } else {
+        log::warn!(MESSAGE_ID = progress::MSG_DNS_MISSING; "{}", outcome.summary);
+    }
+    if let Err(f) = state.save(root) {
+        log::warn!("saving the DNS check: {f}");
+    }
+    true
 }
 
 /// Runs the notify command (default on the real system: restart the gateway if it runs).

@@ -119,6 +119,7 @@ async fn wait_for_seed_step(
          on the console, or plug in a USB stick labelled GWSEED holding seed.toml)",
     );
     progress.console(
+        state,
         "This gateway has no provisioning settings yet.\n\
          Log in as root and run: gateway-firstboot install\n\
          (or plug in a USB stick labelled GWSEED holding seed.toml: provisioning then starts by itself)",
@@ -126,6 +127,7 @@ async fn wait_for_seed_step(
     progress.ready();
     crate::seedwatch::wait(root, || load().has_target()).await;
     progress.console(
+        state,
         "Gateway provisioning is running (settings found); `gateway-firstboot status` shows where it stands.",
     );
     progress.step(state, progress::MSG_STARTED, "settings found: provisioning");
@@ -301,8 +303,7 @@ async fn dns_step(
                 records => format!("create the record: {}", records.join("; ")),
             },
         );
-        state.dns = Some(outcome.report.clone());
-        state.dns_records_missing = outcome.records_to_create.clone();
+        outcome.record_in(state);
         let wait = backoff.next(failure.clone())?;
         state.last_error = Some(failure.clone());
         progress.retrying(
@@ -314,13 +315,14 @@ async fn dns_step(
         );
         tokio::time::sleep(wait).await;
     };
-    state.dns = Some(outcome.report.clone());
-    state.dns_records_missing = outcome.records_to_create.clone();
+    outcome.record_in(state);
     if outcome.report.status == DnsStatus::Ok {
         state.advance(root, Phase::DnsChecked)?;
         progress.step(state, progress::MSG_DNS_OK, &outcome.summary);
+        for record in &outcome.reverse_to_create {
+            println!("gateway-firstboot: suggested reverse DNS record: {record}");
+        }
     } else {
-        state.warnings.push(outcome.summary.clone());
         state.advance(root, Phase::DnsChecked)?;
         progress.step(
             state,
@@ -329,6 +331,12 @@ async fn dns_step(
         );
         for record in &outcome.records_to_create {
             println!("gateway-firstboot: create this DNS record: {record}");
+        }
+        for record in &outcome.records_to_delete {
+            println!("gateway-firstboot: delete this DNS record: {record}");
+        }
+        for record in &outcome.reverse_to_create {
+            println!("gateway-firstboot: suggested reverse DNS record: {record}");
         }
     }
     Ok(outcome.report)
@@ -492,7 +500,7 @@ fn handoff_step(root: &Root, state: &mut State, progress: &mut Progress) -> Resu
         .as_deref()
         .map(short_fingerprint)
         .unwrap_or_default();
-    let mut line = match state.trust {
+    let line = match state.trust {
         Some(TrustState::Trusted) => {
             format!("Gateway {id} is registered with {primary} (account {account}) and trusted.")
         }
@@ -501,13 +509,7 @@ fn handoff_step(root: &Root, state: &mut State, progress: &mut Progress) -> Resu
              an administrator must click Authorize for key {short}."
         ),
     };
-    if !state.dns_records_missing.is_empty() {
-        line.push_str(&format!(
-            " DNS record missing: {}.",
-            state.dns_records_missing.join("; ")
-        ));
-    }
-    progress.console(&line);
+    progress.console(state, &line);
     progress.step(
         state,
         progress::MSG_HANDED_OFF,

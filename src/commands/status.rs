@@ -19,7 +19,7 @@ fn verdict(state: &State) -> (u8, &'static str) {
         || state.last_error.as_ref().is_some_and(|e| e.permanent);
     match state.phase {
         _ if failed => (FAILED, "failed"),
-        Phase::Trusted if state.warnings.is_empty() => (TRUSTED, "trusted"),
+        Phase::Trusted if state.all_warnings().is_empty() => (TRUSTED, "trusted"),
         Phase::Trusted => (WARNINGS, "trusted-with-warnings"),
         Phase::HandedOff => (WAITING, "waiting-for-authorization"),
         _ => (IN_PROGRESS, "in-progress"),
@@ -58,7 +58,9 @@ pub async fn run(root: &Root, args: &StatusArgs) -> anyhow::Result<u8> {
             "short_fingerprint": state.key_fingerprint.as_deref().map(short_fingerprint),
             "dns": state.dns,
             "dns_records_missing": state.dns_records_missing,
-            "warnings": state.warnings,
+            "dns_records_to_delete": state.dns_records_to_delete,
+            "dns_reverse_missing": state.dns_reverse_missing,
+            "warnings": state.all_warnings(),
             "last_error": state.last_error,
             "updated": state.updated,
         });
@@ -87,8 +89,14 @@ pub async fn run(root: &Root, args: &StatusArgs) -> anyhow::Result<u8> {
         for r in &state.dns_records_missing {
             println!("             create: {r}");
         }
+        for r in &state.dns_records_to_delete {
+            println!("             delete: {r}");
+        }
+        for r in &state.dns_reverse_missing {
+            println!("             suggested: {r}");
+        }
     }
-    for w in &state.warnings {
+    for w in &state.all_warnings() {
         println!("warning:     {w}");
     }
     if let Some(e) = &state.last_error {

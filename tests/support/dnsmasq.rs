@@ -25,8 +25,25 @@ impl Dnsmasq {
         Dnsmasq::start_on(free_udp_port(), records)
     }
 
+    /// Serves `records` as address records only: no reverse (PTR) record.
+    pub fn start_forward_only(records: &[(&str, IpAddr)]) -> Dnsmasq {
+        let args: Vec<String> = records
+            .iter()
+            .map(|(name, ip)| format!("--address=/{name}/{ip}"))
+            .collect();
+        Dnsmasq::spawn(free_udp_port(), &args)
+    }
+
     /// Serves on a given port (to replace a running server's records).
     pub fn start_on(port: u16, records: &[(&str, IpAddr)]) -> Dnsmasq {
+        let args: Vec<String> = records
+            .iter()
+            .map(|(name, ip)| format!("--host-record={name},{ip}"))
+            .collect();
+        Dnsmasq::spawn(port, &args)
+    }
+
+    fn spawn(port: u16, records: &[String]) -> Dnsmasq {
         let bin = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -46,9 +63,7 @@ impl Dnsmasq {
             &format!("--port={port}"),
             &format!("--local=/{DOMAIN}/"),
         ]);
-        for (name, ip) in records {
-            cmd.arg(format!("--host-record={name},{ip}"));
-        }
+        cmd.args(records);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
