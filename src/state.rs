@@ -13,8 +13,12 @@ pub const STATE_FILE: &str = "/var/lib/gateway-firstboot/state.json";
 /// Exists once provisioning is handed off; `gateway.service` is conditioned on it.
 pub const DONE_MARKER: &str = "/var/lib/gateway-firstboot/done";
 pub const TOKEN_FILE: &str = "/var/lib/gateway-firstboot/server-token";
-/// Exists once the secure connection is proven; the trust unit is conditioned on its absence.
+/// Exists once the secure connection is proven; the trust unit then runs only while
+/// [`DNS_TODO_MARKER`] exists.
 pub const TRUSTED_MARKER: &str = "/var/lib/gateway-firstboot/trusted";
+/// Exists while DNS has a record to create or delete: the trust unit then runs at every boot
+/// (also once trusted) to check again and keep the advice on the console until it is done.
+pub const DNS_TODO_MARKER: &str = "/var/lib/gateway-firstboot/dns-todo";
 
 /// Steps, in order. A step's effects are on disk before the phase says it is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
@@ -144,7 +148,20 @@ impl State {
         } else {
             fsutil::write_quick(&path, &json, 0o644)
         };
-        written.map_err(|e| io(format!("writing {STATE_FILE}"), e))
+        written.map_err(|e| io(format!("writing {STATE_FILE}"), e))?;
+        self.sync_dns_marker(root)
+    }
+
+    /// Creates or removes [`DNS_TODO_MARKER`] to match the state.
+    fn sync_dns_marker(&self, root: &Root) -> Result<(), Failure> {
+        let marker = root.path(DNS_TODO_MARKER);
+        let todo = !self.dns_records_missing.is_empty() || !self.dns_records_to_delete.is_empty();
+        let result = match (todo, marker.exists()) {
+            (true, false) => fsutil::write_quick(&marker, b"", 0o644),
+            (false, true) => std::fs::remove_file(&marker),
+            _ => Ok(()),
+        };
+        result.map_err(|e| io(format!("updating {DNS_TODO_MARKER}"), e))
     }
 
     /// Moves to `phase` and saves.

@@ -325,6 +325,11 @@ fn the_missing_record_stays_on_the_console_through_trust_until_dns_has_it() {
         issue.contains("is trusted by") && issue.contains(&line),
         "the trust line adds to the DNS advice, it does not replace it:\n{issue}"
     );
+    let marker = env.tree.path("/var/lib/gateway-firstboot/dns-todo");
+    assert!(
+        marker.exists(),
+        "the trust unit's condition for running at the next boot"
+    );
     // The administrator creates the record; at the next boot the trust step checks again.
     let port = env.dns.as_ref().unwrap().port;
     env.dns.as_mut().unwrap().stop();
@@ -335,6 +340,7 @@ fn the_missing_record_stays_on_the_console_through_trust_until_dns_has_it() {
         issue.contains("is trusted by") && !issue.contains("DNS record"),
         "the advice goes once DNS is right:\n{issue}"
     );
+    assert!(!marker.exists(), "no reason left to run at boot");
     let (code, status) = env.status();
     assert_eq!(status["dns"]["status"], "ok");
     assert_eq!(code, 0, "trusted, no DNS warning left");

@@ -54,6 +54,13 @@ async fn wait(
             .map_err(|e| io(format!("reading {TOKEN_FILE}"), e))?
             .trim(),
     );
+    if state.phase >= Phase::Trusted && root.path(TRUSTED_MARKER).exists() {
+        // Started at boot only because DNS still had a record to create or delete (the unit's
+        // conditions): check again and keep the console current.
+        refresh_dns(root, state).await;
+        progress.console(state, &trusted_line(&id, &access.url, &account));
+        return Ok(());
+    }
     let identity = Identity::load_or_create(root)?;
     let short = short_fingerprint(&identity.fingerprint);
     let extra = endpoint.connect_timeout + endpoint.request_timeout * 2;
@@ -171,15 +178,13 @@ async fn wait(
         ),
     );
     refresh_dns(root, state).await;
-    progress.console(
-        state,
-        &format!(
-            "Gateway {id} is trusted by {} (account {account}); secure connection established.",
-            access.url
-        ),
-    );
+    progress.console(state, &trusted_line(&id, &access.url, &account));
     notify_gateway(root, args);
     Ok(())
+}
+
+fn trusted_line(id: &str, url: &str, account: &str) -> String {
+    format!("Gateway {id} is trusted by {url} (account {account}); secure connection established.")
 }
 
 /// How often the DNS check runs again while waiting for authorization.
