@@ -63,6 +63,12 @@ pub enum Command {
     answers. Other settings flags are used and saved too."
 )]
 pub struct InstallArgs {
+    /// Run as the console setup (gateway-firstboot-installer@.service, no login): nothing when
+    /// provisioned or when a seed exists; asks again until provisioned; Ctrl-C, or a seed that
+    /// turns up meanwhile, ends it (and the login prompt comes back)
+    #[arg(long)]
+    pub console: bool,
+
     #[command(flatten)]
     pub settings: SettingsArgs,
 }
@@ -99,6 +105,12 @@ pub struct ProvisionArgs {
     /// stopping with exit status 66; the unit runs with this
     #[arg(long)]
     pub wait_for_seed: bool,
+
+    /// With --wait-for-seed: while waiting, run the setup questions on each console terminal
+    /// (gateway-firstboot-installer@TTY.service on tty1 and the serial console), in place of
+    /// the login prompt; the unit runs with this
+    #[arg(long, requires = "wait_for_seed")]
+    pub console_installer: bool,
 
     #[command(flatten)]
     pub settings: SettingsArgs,

@@ -145,6 +145,60 @@ impl Answers {
 }
 
 pub async fn run(root: &Root, args: &InstallArgs) -> anyhow::Result<u8> {
+    if args.console {
+        return console(root, args).await;
+    }
+    ask_and_provision(root, args).await
+}
+
+/// The console setup: the questions in place of the login prompt on a terminal, until the box
+/// is provisioned. Ends with success whatever happened (the unit then gives the terminal back
+/// to its login prompt), so that cancelling is not a failed unit.
+async fn console(root: &Root, args: &InstallArgs) -> anyhow::Result<u8> {
+    if root.path(DONE_MARKER).exists() {
+        return Ok(exit::OK);
+    }
+    if !tty::interactive() {
+        log::warn!(
+            "install --console: standard input and output are not a terminal; nothing asked"
+        );
+        return Ok(exit::OK);
+    }
+    let found = settings::collect(
+        root,
+        Inputs {
+            flags: None,
+            flag_problems: Vec::new(),
+            credentials_dir: super::credentials_dir(root),
+        },
+    );
+    if found.has_target() {
+        println!(
+            "Provisioning settings were found: gateway-firstboot.service provisions from them by itself."
+        );
+        return Ok(exit::OK);
+    }
+    println!("\nThis gateway has no provisioning settings yet: set it up here, no login needed.");
+    loop {
+        let code = ask_and_provision(root, args).await?;
+        if root.path(DONE_MARKER).exists() {
+            println!("The login prompt follows.\n");
+            return Ok(exit::OK);
+        }
+        if code == exit::CANCELLED {
+            println!(
+                "The login prompt follows. The setup comes back at the next boot; after logging \
+                 in, `gateway-firstboot install` runs it.\n"
+            );
+            return Ok(exit::OK);
+        }
+        println!(
+            "\nThe setup did not finish (see above): the questions again, Ctrl-C for the login prompt.\n"
+        );
+    }
+}
+
+async fn ask_and_provision(root: &Root, args: &InstallArgs) -> anyhow::Result<u8> {
     let interactive = tty::interactive();
     let mut out = std::io::stdout();
     if let Ok(state) = State::load(root)
@@ -344,7 +398,9 @@ pub async fn run(root: &Root, args: &InstallArgs) -> anyhow::Result<u8> {
     warn_overridden(&current, &answers);
     println!("\nProvisioning {} ...", settings.primary);
     let load = || answers.collect(root);
-    let code = super::provision::provision(root, &load, false, Some(lock)).await;
+    let code =
+        super::provision::provision(root, &load, super::provision::WaitForSeed::No, Some(lock))
+            .await;
     summary(root, code);
     Ok(code)
 }

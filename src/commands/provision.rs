@@ -35,7 +35,23 @@ pub fn failpoint(name: &str) {
 
 pub async fn run(root: &Root, args: &ProvisionArgs) -> anyhow::Result<u8> {
     let load = || super::load(root, &args.settings);
-    Ok(provision(root, &load, args.wait_for_seed, None).await)
+    let wait = match (args.wait_for_seed, args.console_installer) {
+        (false, _) => WaitForSeed::No,
+        (true, false) => WaitForSeed::Yes,
+        (true, true) => WaitForSeed::WithConsoleInstaller,
+    };
+    Ok(provision(root, &load, wait, None).await)
+}
+
+/// What to do when there is nothing to provision from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitForSeed {
+    /// Stop with exit status 66.
+    No,
+    /// Wait for a seed.
+    Yes,
+    /// Wait, and meanwhile run the setup questions on the console terminals.
+    WithConsoleInstaller,
 }
 
 /// Provisions from the settings `load` collects. With `wait_for_seed` and nothing to provision
@@ -44,7 +60,7 @@ pub async fn run(root: &Root, args: &ProvisionArgs) -> anyhow::Result<u8> {
 pub async fn provision(
     root: &Root,
     load: &dyn Fn() -> Collected,
-    wait_for_seed: bool,
+    wait_for_seed: WaitForSeed,
     held: Option<Lock>,
 ) -> u8 {
     let mut progress = Progress::new(root);
@@ -55,8 +71,13 @@ pub async fn provision(
     if let Some(code) = already_provisioned(root, &state, &mut progress) {
         return code;
     }
-    if wait_for_seed && held.is_none() && state.phase < Phase::Registered && !load().has_target() {
-        wait_for_seed_step(root, load, &state, &mut progress).await;
+    if wait_for_seed != WaitForSeed::No
+        && held.is_none()
+        && state.phase < Phase::Registered
+        && !load().has_target()
+    {
+        let installer = wait_for_seed == WaitForSeed::WithConsoleInstaller;
+        wait_for_seed_step(root, load, &state, &mut progress, installer).await;
     }
     let _lock = match held {
         Some(lock) => lock,
@@ -111,26 +132,88 @@ async fn wait_for_seed_step(
     load: &dyn Fn() -> Collected,
     state: &State,
     progress: &mut Progress,
+    console_installer: bool,
 ) {
     progress.step(
         state,
         progress::MSG_WAITING_FOR_SEED,
-        "no provisioning settings yet: waiting for a seed (run `gateway-firstboot install` \
-         on the console, or plug in a USB stick labelled GWSEED holding seed.toml)",
+        "no provisioning settings yet: waiting for a seed (answer the setup questions on the \
+         console, run `gateway-firstboot install`, or plug in a USB stick labelled GWSEED \
+         holding seed.toml)",
     );
     progress.console(
         state,
         "This gateway has no provisioning settings yet.\n\
-         Log in as root and run: gateway-firstboot install\n\
+         Set it up on the console (tty1 or the serial console), or log in and run: gateway-firstboot install\n\
          (or plug in a USB stick labelled GWSEED holding seed.toml: provisioning then starts by itself)",
     );
     progress.ready();
+    if console_installer {
+        start_console_installers(root).await;
+    }
     crate::seedwatch::wait(root, || load().has_target()).await;
     progress.console(
         state,
         "Gateway provisioning is running (settings found); `gateway-firstboot status` shows where it stands.",
     );
     progress.step(state, progress::MSG_STARTED, "settings found: provisioning");
+}
+
+/// The kernel's console list (`console=` on the command line).
+pub const ACTIVE_CONSOLES: &str = "/sys/class/tty/console/active";
+
+/// The terminals the setup questions go to: the kernel's consoles, `tty0` (the foreground
+/// virtual terminal) as `tty1`, where the boot shows the login prompt. Only names a unit
+/// instance can take; at most one of each.
+pub fn console_terminals(active: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for name in active.split_whitespace() {
+        let name = if name == "tty0" { "tty1" } else { name };
+        let plain =
+            !name.is_empty() && name.len() <= 32 && name.bytes().all(|b| b.is_ascii_alphanumeric());
+        if plain && !out.iter().any(|n| n == name) {
+            out.push(name.to_string());
+        }
+    }
+    out
+}
+
+/// Starts gateway-firstboot-installer@TTY.service on each console terminal (no wait: the
+/// unit stops that terminal's login prompt and brings it back when done). A failure is
+/// reported, not fatal: the login prompt and `gateway-firstboot install` remain.
+async fn start_console_installers(root: &Root) {
+    let active = std::fs::read_to_string(root.path(ACTIVE_CONSOLES)).unwrap_or_default();
+    let units: Vec<String> = console_terminals(&active)
+        .iter()
+        .map(|t| format!("gateway-firstboot-installer@{t}.service"))
+        .collect();
+    if units.is_empty() {
+        log::warn!("no console terminal in {ACTIVE_CONSOLES}: the setup questions are not shown");
+        return;
+    }
+    let run = tokio::process::Command::new("systemctl")
+        .args(["--no-block", "start"])
+        .args(&units)
+        .stdin(std::process::Stdio::null())
+        .output();
+    match tokio::time::timeout(Duration::from_secs(30), run).await {
+        Ok(Ok(out)) if out.status.success() => {
+            log::info!(
+                "setup questions on the console: started {}",
+                units.join(" ")
+            );
+        }
+        Ok(Ok(out)) => log::warn!(
+            "starting {}: {}",
+            units.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Ok(Err(e)) => log::warn!("starting {}: {e}", units.join(" ")),
+        Err(_) => log::warn!(
+            "starting {}: systemctl did not answer in 30 s",
+            units.join(" ")
+        ),
+    }
 }
 
 async fn steps(
@@ -517,4 +600,19 @@ fn handoff_step(root: &Root, state: &mut State, progress: &mut Progress) -> Resu
     );
     progress.ready();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::console_terminals;
+
+    #[test]
+    fn the_setup_goes_to_each_kernel_console_once() {
+        assert_eq!(console_terminals("tty0 ttyS0\n"), ["tty1", "ttyS0"]);
+        assert_eq!(console_terminals("ttyS0 tty0 tty1"), ["ttyS0", "tty1"]);
+        assert_eq!(console_terminals("hvc0"), ["hvc0"]);
+        assert!(console_terminals("").is_empty());
+        // Nothing that could leave the unit name's instance.
+        assert!(console_terminals("../x tty@1 a/b").is_empty());
+    }
 }

@@ -258,12 +258,21 @@ class VM:
     def this_boot(self):
         return self.console().split(f"===== boot {self.boots} =====")[-1]
 
-    def wait_for(self, text, timeout):
+    def wait_for(self, text, timeout, after=None):
+        """Waits for `text` on this boot's console; with `after`, only where it follows the
+        last `after` (a login prompt drawn before the setup took the terminal does not count)."""
         def seen():
             if self.proc.poll() is not None:
                 raise Failed(f"QEMU exited while waiting for {text!r}")
-            return text in self.this_boot()
-        return wait_until(f"{text!r} on the console", seen, timeout, 1.0)
+            console = self.this_boot()
+            if after is not None:
+                at = console.rfind(after)
+                if at < 0:
+                    return False
+                console = console[at + len(after):]
+            return text in console
+        where = f" after {after!r}" if after else ""
+        return wait_until(f"{text!r}{where} on the console", seen, timeout, 1.0)
 
     def monitor_cmd(self, command):
         import socket
