@@ -63,7 +63,7 @@ pub async fn provision(
         None => {
             let waiting = || {
                 let text = "another provisioning run (gateway-firstboot install?) is in progress; waiting for it to end";
-                println!("gateway-firstboot: {text}");
+                crate::wrap::say(&format!("gateway-firstboot: {text}"));
                 log::info!("{text}");
             };
             match crate::lock::lock(root, waiting).await {
@@ -97,7 +97,7 @@ fn already_provisioned(root: &Root, state: &State, progress: &mut Progress) -> O
         state.server_id.as_deref().unwrap_or("?"),
         progress::describe(state.phase)
     );
-    println!("gateway-firstboot: {text}");
+    crate::wrap::say(&format!("gateway-firstboot: {text}"));
     log::info!("{text}");
     progress.write_status(state);
     progress.ready();
@@ -328,7 +328,9 @@ async fn dns_step(
             &format!("warning: {}", outcome.summary),
         );
         for record in &outcome.records_to_create {
-            println!("gateway-firstboot: create this DNS record: {record}");
+            crate::wrap::say(&format!(
+                "gateway-firstboot: create this DNS record: {record}"
+            ));
         }
     }
     Ok(outcome.report)
