@@ -16,9 +16,9 @@
 //!   space; [`glue`] does that. It prints as an ordinary space, on a terminal or not.
 //!
 //! **Hanging indent.** The rows a line continues on are indented to its text, past its
-//! leading spaces and labels (`  error: `, `  fix: `, `gateway-firstboot: warning: `: words of
-//! letters, digits and hyphens ending in a colon), so an error block reads as one; the indent
-//! is dropped when it would take more than half the row.
+//! leading spaces and label (`  error: `, `  fix: `, `gateway-firstboot: `: a word of letters,
+//! digits and hyphens ending in a colon), so an error block reads as one; the indent is
+//! dropped when it would take more than half the row.
 //!
 //! **Only on a terminal.** Text that goes to the journal, a pipe or a file is printed one line
 //! a message as before ([`say`]): wrapping is for people reading a screen.
@@ -194,7 +194,7 @@ fn glue_records(tokens: Vec<Token>) -> Vec<Token> {
     out
 }
 
-/// The indent of a line's continuation rows: its leading spaces and labels (`error:`), or
+/// The indent of a line's continuation rows: its leading spaces and label (`error:`), or
 /// just the spaces when that is more than half the row.
 fn hanging_indent(lead: usize, tokens: &[Token], width: usize) -> usize {
     let is_label = |w: &str| {
@@ -203,17 +203,12 @@ fn hanging_indent(lead: usize, tokens: &[Token], width: usize) -> usize {
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         })
     };
-    let mut hang = lead;
-    let mut at = lead;
-    for (i, t) in tokens.iter().enumerate() {
-        at += columns(&t.gap) + columns(&t.word);
-        match tokens.get(i + 1) {
-            Some(next) if is_label(&t.word) && !next.word.is_empty() => {
-                hang = at + columns(&next.gap);
-            }
-            _ => break,
+    let hang = match tokens {
+        [label, next, ..] if is_label(&label.word) && !next.word.is_empty() => {
+            lead + columns(&label.word) + columns(&next.gap)
         }
-    }
+        _ => lead,
+    };
     if hang * 2 <= width {
         hang
     } else if lead * 2 <= width {
@@ -277,11 +272,14 @@ mod tests {
             wrap_line(line, 58),
             [
                 "gateway-firstboot: warning: the DNS name gw01.acme.test",
-                "                            does not resolve"
+                "                   does not resolve"
             ]
         );
         // Too deep for the row: no hanging indent.
-        assert_eq!(wrap_line(line, 40)[1], "gw01.acme.test does not resolve");
+        assert_eq!(
+            wrap_line(line, 36)[1],
+            "name gw01.acme.test does not resolve"
+        );
     }
 
     #[test]
