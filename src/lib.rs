@@ -23,6 +23,7 @@ pub mod seedwatch;
 pub mod settings;
 pub mod state;
 pub mod tty;
+pub(crate) mod wrap;
 
 use cli::{Cli, Command};
 

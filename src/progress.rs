@@ -54,7 +54,7 @@ impl Progress {
 
     /// A step starts or ends: standard output, `STATUS=`, the journal, status.json.
     pub fn step(&mut self, state: &State, message_id: &str, text: &str) {
-        println!("gateway-firstboot: {text}");
+        crate::wrap::say(&format!("gateway-firstboot: {text}"));
         log::info!(MESSAGE_ID = message_id, PHASE = state.phase.as_str(); "{text}");
         Self::notify(&[NotifyState::Status(text)]);
         self.activity = text.to_string();
@@ -76,7 +76,7 @@ impl Progress {
             failure.code,
             delay.as_secs().max(1)
         );
-        println!("gateway-firstboot: {text}");
+        crate::wrap::say(&format!("gateway-firstboot: {text}"));
         log::warn!(MESSAGE_ID = MSG_RETRYING, CODE = failure.code.as_str(), ATTEMPT = attempt; "{text}");
         Self::extend(delay + extra);
         Self::notify(&[NotifyState::Status(&text)]);
@@ -92,7 +92,7 @@ impl Progress {
 
     /// Provisioning stopped: say what to fix, everywhere.
     pub fn failed(&mut self, state: &State, failure: &Failure) {
-        println!("gateway-firstboot: error: {failure}");
+        crate::wrap::say(&format!("gateway-firstboot: error: {failure}"));
         log::error!(MESSAGE_ID = MSG_FAILED, CODE = failure.code.as_str(), PHASE = state.phase.as_str(); "{}; fix: {}", failure.message, failure.fix);
         let text = format!("failed: {} [{}]", failure.message, failure.code);
         Self::notify(&[NotifyState::Status(&text)]);

@@ -3,7 +3,14 @@
 //! Ctrl-W), a previous answer is offered as editable text, and a secret is shown as `*` only.
 //! Plain ANSI sequences (carriage return, erase to end of line, cursor left), so it works on a
 //! VGA console, a serial console and any terminal emulator.
+//!
+//! Prompt and answer stay on one row of the terminal, whatever its width: an answer longer
+//! than the room after the prompt scrolls horizontally around the cursor, with `<` (or `>`)
+//! at the edge where text is hidden, so every key press redraws the same row. A prompt that
+//! leaves too little room is printed on rows of its own, wrapped at words, and the answer is
+//! edited on the row below.
 
+use crate::wrap;
 use nix::sys::termios::{self, LocalFlags, SetArg, SpecialCharacterIndices, Termios};
 use std::io::{self, IsTerminal, Read, Write};
 
@@ -169,26 +176,107 @@ impl Line {
 /// Most `*` a masked answer shows; longer answers show the count instead of more stars.
 const MASK_SHOWN: usize = 40;
 
-/// The prompt line as drawn: carriage return, prompt, answer (or stars), erase the rest, and
-/// the cursor moved back to its place.
-fn render(prompt: &str, line: &Line, masked: bool) -> String {
-    let (shown, back) = if masked {
-        let n = line.chars.len();
-        let stars = "*".repeat(n.min(MASK_SHOWN));
-        let shown = if n > MASK_SHOWN {
-            format!("{stars} ({n})")
-        } else {
-            stars
+/// Fewer columns than this left for the answer after the prompt: the prompt goes on rows of
+/// its own and the answer is edited on the row below.
+const MIN_ROOM: usize = 20;
+
+/// What the answer looks like on screen, and where the cursor is in it: the text, or one `*`
+/// a character (the count beyond [`MASK_SHOWN`], the cursor then at the end).
+fn shown(line: &Line, masked: bool) -> (Vec<char>, usize) {
+    if !masked {
+        return (line.chars.clone(), line.cursor);
+    }
+    let n = line.chars.len();
+    if n <= MASK_SHOWN {
+        return (vec!['*'; n], line.cursor);
+    }
+    let text: Vec<char> = format!("{} ({n})", "*".repeat(MASK_SHOWN))
+        .chars()
+        .collect();
+    let end = text.len();
+    (text, end)
+}
+
+/// The part of an answer of `len` characters that is on screen, in `room` columns: from
+/// `start` to `end`, with `<` before it when text is hidden on the left and `>` after it when
+/// text is hidden on the right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    start: usize,
+    end: usize,
+    left: bool,
+    right: bool,
+}
+
+/// Scrolls an answer horizontally so that the cursor is on screen: the window stays where it
+/// was (`start`) while the cursor is inside it, and moves as little as needed when it is not.
+/// The cursor may sit one past the end, so the answer gets `room - 1` columns when it is all
+/// shown. `room` is at least 3 (a marker, a character, a marker).
+fn window(len: usize, cursor: usize, room: usize, start: usize) -> Window {
+    let room = room.max(3);
+    let cursor = cursor.min(len);
+    if len < room {
+        return Window {
+            start: 0,
+            end: len,
+            left: false,
+            right: false,
         };
-        (shown, 0)
+    }
+    // The text from `s` on fits, with the cursor cell after it, once `<` takes a column.
+    let tail_fits = |s: usize| len - s < room - usize::from(s > 0);
+    let mut start = start.min(cursor);
+    if !tail_fits(start) && cursor + usize::from(start > 0) + 2 > start + room {
+        // The cursor is past the right edge: `<`, text up to the cursor, the cursor, `>`.
+        start = cursor + 3 - room;
+    }
+    // No empty columns at the end while text is hidden on the left.
+    start = start.min(len + 2 - room);
+    let left = start > 0;
+    if tail_fits(start) {
+        Window {
+            start,
+            end: len,
+            left,
+            right: false,
+        }
     } else {
-        (line.text(), line.chars.len() - line.cursor)
-    };
-    let mut out = format!("\r{prompt}{shown}\x1b[K");
+        Window {
+            start,
+            end: start + room - usize::from(left) - 1,
+            left,
+            right: true,
+        }
+    }
+}
+
+/// The prompt row as drawn: carriage return, prompt, the visible part of the answer (or of the
+/// stars) between its scroll markers, erase the rest, and the cursor moved back to its place.
+/// `room`: the columns left for the answer; `start`: where the window was, updated.
+fn render(prompt: &str, line: &Line, masked: bool, room: usize, start: &mut usize) -> String {
+    let (text, cursor) = shown(line, masked);
+    let w = window(text.len(), cursor, room, *start);
+    *start = w.start;
+    let mut out = format!("\r{prompt}");
+    if w.left {
+        out.push('<');
+    }
+    out.extend(&text[w.start..w.end]);
+    if w.right {
+        out.push('>');
+    }
+    out.push_str("\x1b[K");
+    let back = (w.end - cursor.min(w.end)) + usize::from(w.right);
     if back > 0 {
         out.push_str(&format!("\x1b[{back}D"));
     }
     out
+}
+
+/// The columns the answer has after `prompt` on a row of `width`, the last column kept free
+/// (a character there makes some terminals wrap before the next one is even written).
+fn room(prompt: &str, width: usize) -> usize {
+    width.saturating_sub(1 + wrap::columns(prompt))
 }
 
 /// The terminal in character-at-a-time mode without echo until dropped.
@@ -220,11 +308,24 @@ impl Drop for RawMode {
 /// Asks one question. `initial` is offered as editable text. `Ok(None)`: the person pressed
 /// Ctrl-C (or Ctrl-D on an empty line).
 pub fn ask(prompt: &str, initial: &str, masked: bool) -> io::Result<Option<String>> {
+    let width = || wrap::stdout_width().unwrap_or(wrap::DEFAULT_WIDTH);
     let mut line = Line::new(if masked { "" } else { initial });
     let mut out = io::stdout().lock();
+    // A prompt too wide to leave room for the answer: on rows of its own, the answer below.
+    let prompt = if room(prompt, width()) < MIN_ROOM {
+        writeln!(out, "{}", wrap::fill(prompt.trim_end(), width()))?;
+        ""
+    } else {
+        prompt
+    };
     let raw = RawMode::enter()?;
-    write!(out, "{}", render(prompt, &line, masked))?;
-    out.flush()?;
+    let mut start = 0;
+    let mut draw = |out: &mut io::StdoutLock<'_>, line: &Line| {
+        let drawn = render(prompt, line, masked, room(prompt, width()), &mut start);
+        write!(out, "{drawn}")?;
+        out.flush()
+    };
+    draw(&mut out, &line)?;
     let mut decoder = Decoder::default();
     let mut input = io::stdin().lock();
     let mut byte = [0u8; 1];
@@ -236,10 +337,7 @@ pub fn ask(prompt: &str, initial: &str, masked: bool) -> io::Result<Option<Strin
             continue;
         };
         match line.apply(key) {
-            Outcome::Editing => {
-                write!(out, "{}", render(prompt, &line, masked))?;
-                out.flush()?;
-            }
+            Outcome::Editing => draw(&mut out, &line)?,
             done => break done,
         }
     };
@@ -320,13 +418,13 @@ mod tests {
     #[test]
     fn a_masked_answer_shows_only_stars() {
         let line = Line::new("SecretKey-0123456789");
-        let drawn = render("API key: ", &line, true);
+        let drawn = render("API key: ", &line, true, 70, &mut 0);
         assert!(
             !drawn.contains("Secret") && drawn.contains(&"*".repeat(20)),
             "{drawn:?}"
         );
         let long = Line::new(&"k".repeat(100));
-        assert!(render("", &long, true).contains("(100)"));
+        assert!(render("", &long, true, 70, &mut 0).contains("(100)"));
         let plain = render(
             "P: ",
             &Line {
@@ -334,7 +432,82 @@ mod tests {
                 cursor: 1,
             },
             false,
+            20,
+            &mut 0,
         );
         assert_eq!(plain, "\rP: abc\x1b[K\x1b[2D");
+    }
+
+    /// The columns a drawing takes on its row: what follows the carriage return, up to the
+    /// erase.
+    fn drawn_columns(drawn: &str) -> usize {
+        let row = drawn.strip_prefix('\r').unwrap();
+        row[..row.find("\x1b[K").unwrap()].chars().count()
+    }
+
+    #[test]
+    fn a_long_answer_scrolls_within_the_row() {
+        // The 48-column key prompt on an 80-column console: 31 columns for the stars.
+        let prompt = "API key (Enter for the default restricted key): ";
+        let room = room(prompt, 80);
+        assert_eq!(room, 31);
+        let mut line = Line::new("");
+        let mut start = 0;
+        for i in 1..=60 {
+            line.apply(Key::Char('Z'));
+            let drawn = render(prompt, &line, true, room, &mut start);
+            assert!(drawn_columns(&drawn) < 80, "key {i}: {drawn:?}");
+            assert!(!drawn.contains('\n') && !drawn.contains('Z'), "{drawn:?}");
+        }
+        let drawn = render(prompt, &line, true, room, &mut start);
+        assert!(
+            drawn.starts_with(&format!("\r{prompt}<****")) && drawn.contains(" (60)\x1b[K"),
+            "{drawn:?}"
+        );
+
+        // Plain text: the end in view while typing, the start after Home; the window stays
+        // put while the cursor moves inside it.
+        let text = "https://primary.example.com:8443/with/a/long/path";
+        let mut line = Line::new(text);
+        let mut start = 0;
+        let drawn = render("P: ", &line, false, 20, &mut start);
+        assert_eq!(drawn, "\rP: <3/with/a/long/path\x1b[K");
+        line.apply(Key::Left);
+        let drawn = render("P: ", &line, false, 20, &mut start);
+        assert_eq!(drawn, "\rP: <3/with/a/long/path\x1b[K\x1b[1D");
+        line.apply(Key::Home);
+        let drawn = render("P: ", &line, false, 20, &mut start);
+        assert_eq!(drawn, "\rP: https://primary.exa>\x1b[K\x1b[20D");
+        line.apply(Key::Right);
+        let drawn = render("P: ", &line, false, 20, &mut start);
+        assert_eq!(drawn, "\rP: https://primary.exa>\x1b[K\x1b[19D");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_cursor_is_always_inside_the_row(
+            len in 0usize..200,
+            cursor in 0usize..200,
+            room in 0usize..100,
+            start in 0usize..200,
+        ) {
+            let cursor = cursor.min(len);
+            let w = window(len, cursor, room, start);
+            let room = room.max(3);
+            let drawn = usize::from(w.left) + (w.end - w.start) + usize::from(w.right);
+            let column = usize::from(w.left) + cursor - w.start;
+            proptest::prop_assert!(drawn <= room && column < room, "{:?}", w);
+            proptest::prop_assert!(w.start <= cursor && cursor <= w.end && w.end <= len, "{:?}", w);
+            proptest::prop_assert_eq!(w.left, w.start > 0);
+            proptest::prop_assert_eq!(w.right, w.end < len);
+            if len < room {
+                proptest::prop_assert_eq!((w.start, w.end), (0, len));
+            } else {
+                // No column wasted: the row is full, or the cursor cell ends it.
+                proptest::prop_assert!(drawn == room || (w.end == len && drawn == room - 1), "{:?}", w);
+            }
+            // Drawn again with the cursor where it is, the window does not move.
+            proptest::prop_assert_eq!(window(len, cursor, room, w.start), w);
+        }
     }
 }

@@ -37,7 +37,12 @@ struct Pty {
 impl Pty {
     fn start(tree: &Tree, args: &[&str]) -> Pty {
         let mut cmd = tree.command(&[&["install"], args].concat());
-        cmd.stdin(Stdio::inherit()).env("TERM", "vt100");
+        // These tests follow the dialogue, not the console's width (tests/console_width.rs):
+        // the pty's window size is 0x0, as on a serial console, so COLUMNS gives the width,
+        // wide enough that no message is wrapped.
+        cmd.stdin(Stdio::inherit())
+            .env("TERM", "vt100")
+            .env("COLUMNS", "1000");
         Pty {
             session: spawn_command(cmd, Some(EXPECT_MS)).expect("spawning on a pty"),
             transcript: String::new(),

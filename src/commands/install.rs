@@ -18,6 +18,7 @@ use crate::settings::{
 };
 use crate::state::{DONE_MARKER, State};
 use crate::tty;
+use crate::wrap;
 use std::future::Future;
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -204,12 +205,12 @@ async fn ask_and_provision(root: &Root, args: &InstallArgs) -> anyhow::Result<u8
     if let Ok(state) = State::load(root)
         && root.path(DONE_MARKER).exists()
     {
-        println!(
+        wrap::say(&format!(
             "This server is provisioned already (server {}, {}): nothing to do.\n\
              `gateway-firstboot status` shows where it stands.",
             state.server_id.as_deref().unwrap_or("?"),
             crate::progress::describe(state.phase)
-        );
+        ));
         return Ok(exit::OK);
     }
 
@@ -278,17 +279,17 @@ async fn ask_and_provision(root: &Root, args: &InstallArgs) -> anyhow::Result<u8
         ask.push(Field::ApiKey);
     }
     if !interactive && ask.iter().any(|f| *f != Field::ApiKey) {
-        println!(
+        wrap::say(
             "gateway-firstboot install asks its questions on a terminal, and standard input and output \
              are not one.\n  fix: run it on the console, or give --primary, --account and (for a key \
-             other than the default) --api-key-file for scripted use"
+             other than the default) --api-key-file for scripted use",
         );
         return Ok(exit::USAGE);
     }
     if interactive {
-        println!(
+        wrap::say(
             "Gateway setup: connect this server to the primary server.\n\
-             Edit an answer with the arrow keys; Enter accepts it; Ctrl-C quits without changing anything.\n"
+             Edit an answer with the arrow keys; Enter accepts it; Ctrl-C quits without changing anything.\n",
         );
     }
     let settings = loop {
@@ -317,7 +318,7 @@ async fn ask_and_provision(root: &Root, args: &InstallArgs) -> anyhow::Result<u8
                 previous.unwrap_or_default(),
                 current_key.is_some(),
             )? {
-                println!("Cancelled: nothing was changed.");
+                wrap::say("Cancelled: nothing was changed.");
                 return Ok(exit::CANCELLED);
             }
         }
@@ -327,9 +328,9 @@ async fn ask_and_provision(root: &Root, args: &InstallArgs) -> anyhow::Result<u8
             .iter()
             .partition(|p| FIELDS.iter().any(|f| f.owns(p)));
         if others.iter().any(|p| p.is_error()) {
-            println!("Other settings on this server stop provisioning; fix them first:");
+            wrap::say("Other settings on this server stop provisioning; fix them first:");
             for p in &others {
-                println!("  {p}");
+                wrap::say(&format!("  {p}"));
             }
             return Ok(exit::DATAERR);
         }
@@ -351,12 +352,12 @@ async fn ask_and_provision(root: &Root, args: &InstallArgs) -> anyhow::Result<u8
             return Ok(exit::DATAERR);
         };
         for p in &others {
-            println!("warning: {p}");
+            wrap::say(&format!("warning: {p}"));
         }
         let what = format!("Checking with {} ...", settings.primary);
         match spin(interactive, &what, super::check::online(root, &settings)).await {
             Ok(text) => {
-                println!("{}", text.trim_start_matches("online: "));
+                wrap::say(text.trim_start_matches("online: "));
                 break settings;
             }
             Err(failure) => {
@@ -368,14 +369,14 @@ async fn ask_and_provision(root: &Root, args: &InstallArgs) -> anyhow::Result<u8
                 if !interactive || fields.is_empty() {
                     return Ok(failure.exit_code());
                 }
-                println!(
+                wrap::say(&format!(
                     "Correct the {} (Enter keeps it as it is, to try again).\n",
                     fields
                         .iter()
                         .map(|f| f.label().to_lowercase())
                         .collect::<Vec<_>>()
                         .join(" or the ")
-                );
+                ));
                 ask = fields.to_vec();
             }
         }
@@ -386,8 +387,8 @@ async fn ask_and_provision(root: &Root, args: &InstallArgs) -> anyhow::Result<u8
     let lock = match crate::lock::try_lock(root)? {
         Some(lock) => lock,
         None => {
-            println!(
-                "Waiting for the provisioning run in progress (gateway-firstboot.service) to end ..."
+            wrap::say(
+                "Waiting for the provisioning run in progress (gateway-firstboot.service) to end ...",
             );
             crate::lock::lock(root, || {}).await?
         }
@@ -396,7 +397,7 @@ async fn ask_and_provision(root: &Root, args: &InstallArgs) -> anyhow::Result<u8
         return Ok(code);
     }
     warn_overridden(&current, &answers);
-    println!("\nProvisioning {} ...", settings.primary);
+    wrap::say(&format!("\nProvisioning {} ...", settings.primary));
     let load = || answers.collect(root);
     let code =
         super::provision::provision(root, &load, super::provision::WaitForSeed::No, Some(lock))
@@ -470,15 +471,15 @@ fn ask_field(
 }
 
 fn print_error(message: &str, fix: Option<&str>) {
-    println!("  error: {message}");
+    wrap::say(&format!("  error: {message}"));
     if let Some(fix) = fix {
-        println!("  fix: {fix}");
+        wrap::say(&format!("  fix: {fix}"));
     }
 }
 
 /// Runs `work` showing a spinner and the seconds spent (a plain line without a terminal).
 async fn spin<T>(interactive: bool, what: &str, work: impl Future<Output = T>) -> T {
-    println!("{what}");
+    wrap::say(what);
     if !interactive {
         return work.await;
     }
@@ -538,7 +539,7 @@ fn write_seed(root: &Root, answers: &Answers) -> anyhow::Result<Option<u8>> {
         );
         return Ok(Some(exit::IOERR));
     }
-    println!("Settings saved in {ETC_SEED}.");
+    wrap::say(&format!("Settings saved in {ETC_SEED}."));
     Ok(None)
 }
 
@@ -552,12 +553,12 @@ fn warn_overridden(current: &Collected, answers: &Answers) {
                 .flatten()
         });
         if let Some(other) = higher {
-            println!(
+            wrap::say(&format!(
                 "warning: {} also sets {}, and comes before {ETC_SEED}: this run uses your answer, \
                  a later one would not; remove it there",
                 other.origin.describe(),
                 entry.key
-            );
+            ));
         }
     }
 }
@@ -566,26 +567,26 @@ fn warn_overridden(current: &Collected, answers: &Answers) {
 fn summary(root: &Root, code: u8) {
     let state = State::load(root).unwrap_or_default();
     if code != exit::OK {
-        println!(
+        wrap::say(&format!(
             "\nProvisioning did not finish (exit status {code}; the error and its fix are above).\n\
              The settings are kept in {ETC_SEED}: correct the cause and run `gateway-firstboot install` again."
-        );
+        ));
         return;
     }
     let id = state.server_id.as_deref().unwrap_or("?");
     let fingerprint = state.key_fingerprint.as_deref().unwrap_or("?");
     let short = crate::protocol::short_fingerprint(fingerprint);
     let host = state.hostname.as_deref().unwrap_or("this server");
-    println!("\nDone: this server is registered as {id}.");
-    println!("  key fingerprint: {fingerprint}");
+    wrap::say(&format!("\nDone: this server is registered as {id}."));
+    wrap::say(&format!("  key fingerprint: {fingerprint}"));
     if state.trust == Some(crate::protocol::TrustState::Trusted) {
-        println!("It is trusted already: the gateway holds a secure connection to the primary.");
+        wrap::say("It is trusted already: the gateway holds a secure connection to the primary.");
     } else {
-        println!(
+        wrap::say(&format!(
             "Next: it is NOT TRUSTED yet. An administrator opens the primary's web page, finds {host} \
              ({id}) in the account's server tree, checks that its key fingerprint is {short}, and \
              clicks Authorize.\nThe gateway then connects securely by itself; \
              `gateway-firstboot status` shows when."
-        );
+        ));
     }
 }

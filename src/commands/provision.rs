@@ -84,7 +84,7 @@ pub async fn provision(
         None => {
             let waiting = || {
                 let text = "another provisioning run (gateway-firstboot install?) is in progress; waiting for it to end";
-                println!("gateway-firstboot: {text}");
+                crate::wrap::say(&format!("gateway-firstboot: {text}"));
                 log::info!("{text}");
             };
             match crate::lock::lock(root, waiting).await {
@@ -118,7 +118,7 @@ fn already_provisioned(root: &Root, state: &State, progress: &mut Progress) -> O
         state.server_id.as_deref().unwrap_or("?"),
         progress::describe(state.phase)
     );
-    println!("gateway-firstboot: {text}");
+    crate::wrap::say(&format!("gateway-firstboot: {text}"));
     log::info!("{text}");
     progress.write_status(state);
     progress.ready();
@@ -413,7 +413,9 @@ async fn dns_step(
             &format!("warning: {}", outcome.summary),
         );
         for record in &outcome.records_to_create {
-            println!("gateway-firstboot: create this DNS record: {record}");
+            crate::wrap::say(&format!(
+                "gateway-firstboot: create this DNS record: {record}"
+            ));
         }
         for record in &outcome.records_to_delete {
             println!("gateway-firstboot: delete this DNS record: {record}");
