@@ -140,8 +140,10 @@ impl Progress {
     pub fn console(&self, state: &State, line: &str) {
         let mut lines = vec![line.to_string()];
         lines.extend(crate::dns::todo_lines(state));
+        // Wrapped for an 80-column console (agetty's terminal does not say its width to us).
+        let text = crate::wrap::fill(&lines.join("\n"), crate::wrap::DEFAULT_WIDTH);
         // In issue files a backslash starts an escape; write it literally.
-        let text = format!("{}\n\n", lines.join("\n").replace('\\', "\\\\"));
+        let text = format!("{}\n\n", text.replace('\\', "\\\\"));
         if let Err(e) = fsutil::write_quick(&self.root.path(ISSUE_FILE), text.as_bytes(), 0o644) {
             log::warn!("writing {ISSUE_FILE}: {e}");
             return;

@@ -256,7 +256,9 @@ class VM:
         return re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]|\x1b[=>][0-9]*[a-z]?|\x1b\[!p", "", text)
 
     def this_boot(self):
-        return self.console().split(f"===== boot {self.boots} =====")[-1]
+        """This boot's console, its whitespace runs made single spaces: the agent wraps its
+        lines to the console's width, so a phrase may span rows."""
+        return flat(self.console().split(f"===== boot {self.boots} =====")[-1])
 
     def wait_for(self, text, timeout, after=None):
         """Waits for `text` on this boot's console; with `after`, only where it follows the
@@ -266,11 +268,11 @@ class VM:
                 raise Failed(f"QEMU exited while waiting for {text!r}")
             console = self.this_boot()
             if after is not None:
-                at = console.rfind(after)
+                at = console.rfind(flat(after))
                 if at < 0:
                     return False
-                console = console[at + len(after):]
-            return text in console
+                console = console[at + len(flat(after)):]
+            return flat(text) in console
         where = f" after {after!r}" if after else ""
         return wait_until(f"{text!r}{where} on the console", seen, timeout, 1.0)
 
@@ -306,6 +308,11 @@ class VM:
             self.proc.kill()
         if self.proc:
             self.proc.wait()
+
+
+def flat(text):
+    """`text` with every run of whitespace (line breaks, a wrapped line's indent) one space."""
+    return re.sub(r"\s+", " ", text)
 
 
 def partitions(disk):
