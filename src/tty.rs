@@ -11,8 +11,11 @@
 //! edited on the row below.
 
 use crate::wrap;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::termios::{self, LocalFlags, SetArg, SpecialCharacterIndices, Termios};
-use std::io::{self, IsTerminal, Read, Write};
+use std::io::{self, IsTerminal, Write};
+use std::os::fd::AsFd;
+use std::time::Duration;
 
 /// True when both standard input and standard output are a terminal.
 pub fn interactive() -> bool {
@@ -308,6 +311,36 @@ impl Drop for RawMode {
 /// Asks one question. `initial` is offered as editable text. `Ok(None)`: the person pressed
 /// Ctrl-C (or Ctrl-D on an empty line).
 pub fn ask(prompt: &str, initial: &str, masked: bool) -> io::Result<Option<String>> {
+    ask_unless(prompt, initial, masked, &mut || false)
+}
+
+/// Why [`ask_unless`] stopped without an answer: `stop` said so (the error's inner value).
+#[derive(Debug)]
+pub struct Stopped;
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the question was withdrawn")
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+/// Whether an error is [`ask_unless`]'s [`Stopped`].
+pub fn is_stopped(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<io::Error>()
+        .and_then(|e| e.get_ref())
+        .is_some_and(|inner| inner.is::<Stopped>())
+}
+
+/// [`ask`], calling `stop` about every second while it waits for a key: when it returns true,
+/// the question is withdrawn (the line left as it is) with an error holding [`Stopped`].
+pub fn ask_unless(
+    prompt: &str,
+    initial: &str,
+    masked: bool,
+    stop: &mut dyn FnMut() -> bool,
+) -> io::Result<Option<String>> {
     let width = || wrap::stdout_width().unwrap_or(wrap::DEFAULT_WIDTH);
     let mut line = Line::new(if masked { "" } else { initial });
     let mut out = io::stdout().lock();
@@ -327,10 +360,25 @@ pub fn ask(prompt: &str, initial: &str, masked: bool) -> io::Result<Option<Strin
     };
     draw(&mut out, &line)?;
     let mut decoder = Decoder::default();
-    let mut input = io::stdin().lock();
+    // Unbuffered: a byte read ahead into a buffer would be invisible to poll().
+    let input = io::stdin();
     let mut byte = [0u8; 1];
     let outcome = loop {
-        if input.read(&mut byte)? == 0 {
+        if !key_within(&input, Duration::from_secs(1))? {
+            if stop() {
+                drop(raw);
+                writeln!(out)?;
+                out.flush()?;
+                return Err(io::Error::other(Stopped));
+            }
+            continue;
+        }
+        let n = match nix::unistd::read(input.as_fd(), &mut byte) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if n == 0 {
             break Outcome::Cancelled;
         }
         let Some(key) = decoder.feed(byte[0]) else {
@@ -345,6 +393,19 @@ pub fn ask(prompt: &str, initial: &str, masked: bool) -> io::Result<Option<Strin
     writeln!(out)?;
     out.flush()?;
     Ok((outcome == Outcome::Done).then(|| line.text()))
+}
+
+/// Whether `input` has a byte to read within `wait` (or is at its end, or in error: a read
+/// then says which).
+fn key_within(input: &impl AsFd, wait: Duration) -> io::Result<bool> {
+    let millis = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = [PollFd::new(input.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::from(millis)) {
+        Ok(0) => Ok(false),
+        Ok(_) => Ok(true),
+        Err(nix::errno::Errno::EINTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]

@@ -317,3 +317,43 @@ fn a_flag_that_fails_the_checks_is_asked_again_on_a_terminal() {
     assert_eq!(code, 0, "{transcript}");
     assert!(!transcript.contains("Account domain name:"), "{transcript}");
 }
+
+#[test]
+fn the_console_setup_gives_way_to_provisioning_from_elsewhere_and_to_ctrl_c() {
+    let sim = Sim::start();
+    let mut tree = appliance(&sim);
+    // Provisioning starts elsewhere while the question waits: a run holding the lock (the
+    // unit, from a stick plugged in meanwhile), then the box provisioned.
+    let mut pty = Pty::start(&tree, &["--console"]);
+    pty.expect("no login needed");
+    pty.expect("Primary server address: ");
+    let lock = tree.path("/run/gateway-firstboot/lock");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    let file = std::fs::File::create(&lock).unwrap();
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map(|held| {
+            pty.expect("Provisioning started from elsewhere");
+            let (out, code) = pty.finish();
+            assert_eq!(code, 0, "the terminal goes back to its login prompt\n{out}");
+            drop(held);
+        })
+        .expect("taking the lock as the unit would");
+    assert!(
+        sim.all_servers().is_empty(),
+        "nothing registered by the setup"
+    );
+
+    // Ctrl-C: the login prompt comes back, successfully (not a failed unit).
+    let mut pty = Pty::start(&tree, &["--console"]);
+    pty.expect("Primary server address: ");
+    pty.send("\x03");
+    pty.expect("The login prompt follows");
+    let (out, code) = pty.finish();
+    assert_eq!(code, 0, "{out}");
+
+    // Provisioned already, or a seed present: nothing asked.
+    tree.file("/var/lib/gateway-firstboot/done", "srv_x\n");
+    let (out, code) = Pty::start(&tree, &["--console"]).finish();
+    assert_eq!(code, 0);
+    assert!(!out.contains("Primary server address"), "{out}");
+}

@@ -181,7 +181,18 @@ async fn console(root: &Root, args: &InstallArgs) -> anyhow::Result<u8> {
     }
     println!("\nThis gateway has no provisioning settings yet: set it up here, no login needed.");
     loop {
-        let code = ask_and_provision(root, args).await?;
+        let code = match ask_and_provision(root, args).await {
+            Ok(code) => code,
+            Err(e) if tty::is_stopped(e.as_ref()) => {
+                println!(
+                    "\nProvisioning started from elsewhere (a GWSEED stick, a seed file, or the \
+                     setup on another console): this setup ends. The login prompt follows and \
+                     shows how provisioning goes.\n"
+                );
+                return Ok(exit::OK);
+            }
+            Err(e) => return Err(e),
+        };
         if root.path(DONE_MARKER).exists() {
             println!("The login prompt follows.\n");
             return Ok(exit::OK);
@@ -317,6 +328,7 @@ async fn ask_and_provision(root: &Root, args: &InstallArgs) -> anyhow::Result<u8
                 &prompt,
                 previous.unwrap_or_default(),
                 current_key.is_some(),
+                args.console,
             )? {
                 wrap::say("Cancelled: nothing was changed.");
                 return Ok(exit::CANCELLED);
@@ -419,6 +431,12 @@ fn key_prompt(current_key: Option<&str>, has_default_key: bool) -> String {
 
 /// Asks one field until its answer passes the offline checks. `false`: cancelled.
 /// `blank_keeps`: a blank key keeps the key some source holds (else it is the default key).
+/// Whether the box got provisioned, or a provisioning run holds the lock: a GWSEED stick or
+/// seed file found by gateway-firstboot.service, or the setup on another console.
+fn provisioning_elsewhere(root: &Root) -> bool {
+    root.path(DONE_MARKER).exists() || matches!(crate::lock::try_lock(root), Ok(None))
+}
+
 fn ask_field(
     root: &Root,
     answers: &mut Answers,
@@ -426,9 +444,13 @@ fn ask_field(
     prompt: &str,
     mut initial: String,
     blank_keeps: bool,
+    console: bool,
 ) -> anyhow::Result<bool> {
+    // The console setup gives way when provisioning starts elsewhere.
+    let mut stop = || console && provisioning_elsewhere(root);
     loop {
-        let Some(answer) = tty::ask(prompt, &initial, field == Field::ApiKey)? else {
+        let Some(answer) = tty::ask_unless(prompt, &initial, field == Field::ApiKey, &mut stop)?
+        else {
             return Ok(false);
         };
         let answer = answer.trim().to_string();
