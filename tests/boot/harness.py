@@ -240,12 +240,19 @@ class VM:
             sock.connect(str(self.serial_sock))
             self.keyboard = sock
 
-            def drain():  # what the guest writes also goes to the socket: read it away
-                try:
-                    while sock.recv(65536):
-                        pass
-                except OSError:
-                    pass
+            def drain():
+                """What the guest writes also goes to the socket: read it away, for as long as
+                the socket is open. Were this to stop (on a quiet spell of the socket timeout),
+                the socket's buffer would fill, QEMU would stop taking the guest's serial
+                output, and every writer to the console would block, PID 1 among them."""
+                while True:
+                    try:
+                        if not sock.recv(65536):
+                            return
+                    except socket.timeout:
+                        continue
+                    except OSError:
+                        return
             threading.Thread(target=drain, daemon=True).start()
         for ch in text:
             self.keyboard.sendall(ch.encode())
