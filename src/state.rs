@@ -73,6 +73,9 @@ pub struct State {
     pub key_fingerprint: Option<String>,
     pub trust: Option<TrustState>,
     pub api_key_is_default: bool,
+    /// The `GWSEED` filesystem the seed was read from, if one was: the API key is scrubbed
+    /// there at handoff, and on no other.
+    pub gwseed: Option<crate::settings::gwseed::UsedGwseed>,
     pub warnings: Vec<String>,
     pub last_error: Option<Failure>,
     pub updated: Option<String>,
