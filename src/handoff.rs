@@ -6,7 +6,8 @@ use crate::failure::{Failure, io};
 use crate::fsutil;
 use crate::identity::{ACCOUNT_CA_FILE, CERT_FILE, KEY_FILE, PRIMARY_CA_FILE};
 use crate::root::Root;
-use crate::settings::{BOOT_SEED, ETC_SEED, GWSEED_DEVICE, GWSEED_FILE, gwseed, seed};
+use crate::settings::gwseed::{self, UsedGwseed};
+use crate::settings::{BOOT_SEED, ETC_SEED, GWSEED_FILE, seed};
 use crate::state::{DONE_MARKER, State};
 use std::fs::OpenOptions;
 use std::io::{self, Read};
@@ -176,42 +177,74 @@ fn merged(mut ranges: Vec<Range<usize>>) -> Vec<Range<usize>> {
     out
 }
 
-/// Removes the API key from every writable seed that holds one: first its bytes are overwritten
+/// Removes the API key from every writable seed that holds one: `/etc/gateway/seed.toml`,
+/// `/boot/gateway-seed.toml`, and the `GWSEED` filesystem the seed was read from (`gwseed`, as
+/// recorded when the settings were collected; no other). First the key's bytes are overwritten
 /// in the file's own blocks (ext4 and FAT write a rewritten range where it was), flushed to the
 /// disk, then the file is replaced by the seed without the `api-key` line. Replacing alone
 /// would leave the key in freed blocks. Returns what it could not do (as warnings: the server
 /// is registered; a leftover key is worth fixing, not failing for). Messages name the file,
 /// never the key.
-pub fn scrub_api_key(root: &Root) -> Vec<String> {
+pub fn scrub_api_key(root: &Root, gwseed: Option<&UsedGwseed>) -> Vec<String> {
     let mut warnings = Vec::new();
     for path in [ETC_SEED, BOOT_SEED] {
         scrub_seed_file(&root.path(path), path, &mut warnings);
     }
-    if let Ok(device) = root.resolve_links(Path::new(GWSEED_DEVICE))
-        && let Ok(Some(bytes)) = gwseed::read_file(&device, GWSEED_FILE, seed::MAX_SEED_BYTES)
-        && let Some(plan) = plan_scrub(&bytes)
-    {
-        let shown = format!("{GWSEED_DEVICE}:{GWSEED_FILE}");
-        let ranges: Vec<Range<u64>> = plan
-            .ranges
-            .iter()
-            .map(|r| r.start as u64..r.end as u64)
-            .collect();
-        match gwseed::overwrite_in_place(&device, GWSEED_FILE, &ranges, FILLER) {
-            Ok(()) => crate::commands::provision::failpoint("after-scrub-overwrite"),
-            Err(e) => warnings.push(format!(
-                "overwriting the API key in place in {shown}: {e}; the stick may still hold it in \
-                 freed space: wipe it (or reformat it) once provisioned"
-            )),
-        }
-        match gwseed::replace_file(&device, GWSEED_FILE, plan.scrubbed.as_bytes()) {
-            Ok(()) => log::info!("removed the API key from {shown}"),
-            Err(e) => warnings.push(format!(
-                "could not remove the API key from the GWSEED seed ({e}); remove the api-key line by hand"
-            )),
-        }
+    if let Some(used) = gwseed {
+        scrub_gwseed(root, used, &mut warnings);
     }
     warnings
+}
+
+/// [`scrub_api_key`] for the seed on the `GWSEED` filesystem `used`, if it is still there.
+fn scrub_gwseed(root: &Root, used: &UsedGwseed, warnings: &mut Vec<String>) {
+    let device = root.path(&used.device);
+    let shown = format!("{}:{GWSEED_FILE}", used.device);
+    let by_hand = "if the stick the seed came from still holds the API key, remove its api-key \
+                   line by hand (or wipe the stick)";
+    match gwseed::volume_id(&device) {
+        Ok(id) if id == used.volume_id => {}
+        Ok(_) => {
+            warnings.push(format!(
+                "{} now holds another filesystem than the one the seed was read from (stick \
+                 swapped?): left alone; {by_hand}",
+                used.device
+            ));
+            return;
+        }
+        Err(e) => {
+            warnings.push(format!(
+                "{} cannot be read any more ({e}; stick removed?): the API key was not removed \
+                 from {shown}; {by_hand}",
+                used.device
+            ));
+            return;
+        }
+    }
+    let Ok(Some(bytes)) = gwseed::read_file(&device, GWSEED_FILE, seed::MAX_SEED_BYTES) else {
+        return; // no seed any more
+    };
+    let Some(plan) = plan_scrub(&bytes) else {
+        return; // no key in it
+    };
+    let ranges: Vec<Range<u64>> = plan
+        .ranges
+        .iter()
+        .map(|r| r.start as u64..r.end as u64)
+        .collect();
+    match gwseed::overwrite_in_place(&device, GWSEED_FILE, &ranges, FILLER) {
+        Ok(()) => crate::commands::provision::failpoint("after-scrub-overwrite"),
+        Err(e) => warnings.push(format!(
+            "overwriting the API key in place in {shown}: {e}; the stick may still hold it in \
+             freed space: wipe it (or reformat it) once provisioned"
+        )),
+    }
+    match gwseed::replace_file(&device, GWSEED_FILE, plan.scrubbed.as_bytes()) {
+        Ok(()) => log::info!("removed the API key from {shown}"),
+        Err(e) => warnings.push(format!(
+            "could not remove the API key from {shown} ({e}); remove the api-key line by hand"
+        )),
+    }
 }
 
 /// [`scrub_api_key`] for one seed file on a mounted filesystem (`/etc` on ext4, `/boot` on the
@@ -391,7 +424,8 @@ mod tests {
         }
     }
 
-    /// A tree with seeds in /etc (mode 0400) and /boot, and a GWSEED image, each holding KEY.
+    /// A tree with seeds in /etc (mode 0400) and /boot, and two GWSEED filesystems, the stick
+    /// /dev/sda (volume ID 0x5717c4) and the image's partition /dev/vda3, each holding KEY.
     fn tree_with_seeds() -> (tempfile::TempDir, Root) {
         let dir = tempfile::tempdir().unwrap();
         let root = Root::new(dir.path());
@@ -406,29 +440,34 @@ mod tests {
         let boot = root.path(BOOT_SEED);
         std::fs::create_dir_all(boot.parent().unwrap()).unwrap();
         std::fs::write(&boot, format!("api-key = \"{KEY}\" # portal\n")).unwrap();
-        let link = root.path(GWSEED_DEVICE);
-        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
-        crate::settings::gwseed::tests::fat_image(
-            &root.path("/gwseed.img"),
-            &[(
-                "seed.toml",
-                format!("account = \"a.example\"\napi-key = \"{KEY}\"\n").as_bytes(),
-            )],
-        );
-        std::os::unix::fs::symlink("/gwseed.img", &link).unwrap();
+        std::fs::create_dir_all(root.path("/dev")).unwrap();
+        let seed = format!("account = \"a.example\"\napi-key = \"{KEY}\"\n");
+        for (device, id) in [("/dev/sda", STICK), ("/dev/vda3", 0x1234)] {
+            gwseed::tests::fat_image_id(&root.path(device), id, &[("seed.toml", seed.as_bytes())]);
+        }
         (dir, root)
+    }
+
+    const STICK: u32 = 0x5717c4;
+
+    fn stick() -> UsedGwseed {
+        UsedGwseed {
+            device: "/dev/sda".into(),
+            volume_id: STICK,
+        }
     }
 
     #[test]
     fn scrub_overwrites_the_old_blocks_then_replaces_every_seed() {
         let (_dir, root) = tree_with_seeds();
+        let partition = std::fs::read(root.path("/dev/vda3")).unwrap();
         // Handles on the files as they are: after the rename they still reach the old inodes,
         // i.e. the blocks the filesystem frees.
         let mut old: Vec<(&str, std::fs::File)> = [ETC_SEED, BOOT_SEED]
             .into_iter()
             .map(|p| (p, std::fs::File::open(root.path(p)).unwrap()))
             .collect();
-        let warnings = scrub_api_key(&root);
+        let warnings = scrub_api_key(&root, Some(&stick()));
         assert!(warnings.is_empty(), "{warnings:?}");
         for (path, file) in &mut old {
             let mut bytes = Vec::new();
@@ -450,14 +489,53 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o400, "the seed keeps its mode");
-        let image = std::fs::read(root.path("/gwseed.img")).unwrap();
-        assert!(!holds(&image, KEY), "the GWSEED image still holds the key");
-        let device = root.path("/gwseed.img");
+        let device = root.path("/dev/sda");
+        assert!(
+            !holds(&std::fs::read(&device).unwrap(), KEY),
+            "the stick still holds the key"
+        );
         let seed = gwseed::read_file(&device, GWSEED_FILE, 1024)
             .unwrap()
             .unwrap();
         assert_eq!(seed, b"account = \"a.example\"\n");
+        assert_eq!(
+            std::fs::read(root.path("/dev/vda3")).unwrap(),
+            partition,
+            "the GWSEED filesystem the seed did not come from is left alone"
+        );
         // Nothing left to do the second time, and nothing said.
-        assert!(scrub_api_key(&root).is_empty());
+        assert!(scrub_api_key(&root, Some(&stick())).is_empty());
+    }
+
+    #[test]
+    fn a_swapped_or_removed_stick_is_left_alone_and_said() {
+        let (_dir, root) = tree_with_seeds();
+        let before = std::fs::read(root.path("/dev/sda")).unwrap();
+        let other = UsedGwseed {
+            volume_id: STICK + 1,
+            ..stick()
+        };
+        let warnings = scrub_api_key(&root, Some(&other));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with(
+                "/dev/sda now holds another filesystem than the one the seed was read from"
+            ),
+            "{warnings:?}"
+        );
+        assert_eq!(std::fs::read(root.path("/dev/sda")).unwrap(), before);
+
+        std::fs::remove_file(root.path("/dev/sda")).unwrap();
+        let warnings = scrub_api_key(&root, Some(&stick()));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("/dev/sda cannot be read any more"),
+            "{warnings:?}"
+        );
+        assert!(warnings.iter().all(|w| !w.contains(KEY)));
+        // Without a GWSEED seed in use, no GWSEED filesystem is touched.
+        let partition = std::fs::read(root.path("/dev/vda3")).unwrap();
+        assert!(scrub_api_key(&root, None).is_empty());
+        assert_eq!(std::fs::read(root.path("/dev/vda3")).unwrap(), partition);
     }
 }

@@ -1,6 +1,7 @@
 //! gateway-firstboot: the first-boot provisioning agent of the print-management gateway
 //! appliance. A library with a thin binary (`src/main.rs`); see docs/ for the design.
 
+pub mod blockdev;
 pub mod cli;
 pub mod commands;
 pub mod disk;

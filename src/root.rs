@@ -32,33 +32,28 @@ impl Root {
 
     /// The real location of an appliance path. `..` components cannot climb out of the root.
     pub fn path(&self, appliance_path: impl AsRef<Path>) -> PathBuf {
-        let mut out = self.dir.clone();
-        let mut depth = 0usize;
-        for component in appliance_path.as_ref().components() {
-            match component {
-                Component::Normal(part) => {
-                    out.push(part);
-                    depth += 1;
-                }
-                Component::ParentDir if depth > 0 => {
-                    out.pop();
-                    depth -= 1;
-                }
-                Component::ParentDir | Component::RootDir | Component::CurDir => {}
-                Component::Prefix(_) => {}
-            }
+        let relative = lexical(appliance_path.as_ref());
+        if relative.as_os_str().is_empty() {
+            return self.dir.clone();
         }
-        out
+        self.dir.join(relative)
     }
 
     /// Follows symbolic links (as udev makes under `/dev/disk/by-label`) without leaving the
     /// root: an absolute link target is taken relative to the root, a relative one to the
     /// link's directory. Gives up after a few hops, like the kernel does on loops.
     pub fn resolve_links(&self, appliance_path: &Path) -> std::io::Result<PathBuf> {
+        self.resolve(appliance_path)
+            .map(|logical| self.path(logical))
+    }
+
+    /// [`Root::resolve_links`], giving the appliance path of the target
+    /// (`/dev/disk/by-label/GWSEED` → `/dev/sdb1`), for messages and for sysfs paths.
+    /// `..` is taken lexically, as [`Root::path`] does.
+    pub fn resolve(&self, appliance_path: &Path) -> std::io::Result<PathBuf> {
         let mut logical = appliance_path.to_path_buf();
         for _ in 0..16 {
-            let real = self.path(&logical);
-            match std::fs::read_link(&real) {
+            match std::fs::read_link(self.path(&logical)) {
                 Ok(target) => {
                     logical = if target.is_absolute() {
                         target
@@ -66,12 +61,30 @@ impl Root {
                         logical.parent().unwrap_or(Path::new("/")).join(target)
                     };
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => return Ok(real),
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                    return Ok(Path::new("/").join(lexical(&logical)));
+                }
                 Err(e) => return Err(e),
             }
         }
         Err(std::io::Error::other("too many levels of symbolic links"))
     }
+}
+
+/// An appliance path as a relative path without `.` and `..` (taken lexically, never above
+/// the top): `/dev/disk/by-label/../../vdb1` → `dev/vdb1`.
+fn lexical(appliance_path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in appliance_path.components() {
+        match component {
+            Component::Normal(part) => out.push(part),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -118,5 +131,11 @@ mod tests {
                 .unwrap(),
             want
         );
+        assert_eq!(
+            root.resolve(Path::new("/dev/disk/by-label/GWSEED"))
+                .unwrap(),
+            PathBuf::from("/dev/vdb1")
+        );
+        assert_eq!(root.path("/"), dir.path());
     }
 }

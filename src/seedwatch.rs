@@ -1,6 +1,8 @@
 //! Waiting for a seed: with no settings anywhere, the unit waits until a seed file appears in
 //! /etc or /boot (the installer writes one) or a `GWSEED` stick is plugged in, then provisions
-//! without a reboot. inotify on the directories where they appear wakes it at once; a
+//! without a reboot. inotify on the directories where they appear wakes it at once: a stick
+//! shows as a new `/dev/block/MAJOR:MINOR` link (every disk and partition gets one, whatever
+//! its label, so a second `GWSEED` that udev's by-label link does not point at is seen too). A
 //! five-second re-check covers what inotify cannot see (a seed written onto a stick that is
 //! already plugged in).
 
@@ -10,14 +12,16 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-/// Where a seed can appear: the seed files' directories and the by-label links (with their
-/// parents, for when those directories do not exist yet).
+/// Where a seed can appear: the seed files' directories, the by-label links and udev's links
+/// to every block device (with their parents, for when those directories do not exist yet;
+/// not /dev itself, where every close of /dev/null after a write would wake the wait).
 const WATCHED: &[&str] = &[
     "/etc/gateway",
     "/etc",
     "/boot",
     "/dev/disk/by-label",
     "/dev/disk",
+    "/dev/block",
 ];
 
 const RECHECK: Duration = Duration::from_secs(5);
@@ -72,33 +76,54 @@ mod tests {
     use super::*;
     use std::time::Instant;
 
-    #[tokio::test]
-    async fn wakes_when_a_seed_file_appears() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = Root::new(dir.path());
-        std::fs::create_dir_all(root.path("/etc/gateway")).unwrap();
-        let seed = root.path("/etc/gateway/seed.toml");
+    /// Waits until `path` exists, which a thread creates after 200 ms; asserts inotify, not the
+    /// re-check, ended the wait.
+    async fn woken_by(root: &Root, path: std::path::PathBuf, create: fn(&std::path::Path)) {
         let writer = {
-            let seed = seed.clone();
+            let path = path.clone();
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(200));
-                std::fs::write(seed, "primary = \"p\"\n").unwrap();
+                create(&path);
             })
         };
         let started = Instant::now();
         let mut checks = 0;
         tokio::time::timeout(
             Duration::from_secs(20),
-            wait(&root, || {
+            wait(root, || {
                 checks += 1;
-                seed.exists()
+                path.symlink_metadata().is_ok()
             }),
         )
         .await
         .expect("the wait never ended");
         writer.join().unwrap();
         assert!(checks >= 2, "returned without waiting");
-        // Woken by inotify, not by the five-second re-check.
         assert!(started.elapsed() < RECHECK, "took {:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn wakes_when_a_disk_appears() {
+        // A second GWSEED stick: udev's by-label link may stay where it was, but every new
+        // disk and partition gets a /dev/block link.
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        std::fs::create_dir_all(root.path("/dev/block")).unwrap();
+        std::fs::create_dir_all(root.path("/dev/disk/by-label")).unwrap();
+        woken_by(&root, root.path("/dev/block/8:16"), |p| {
+            std::os::unix::fs::symlink("../sdb", p).unwrap()
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn wakes_when_a_seed_file_appears() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        std::fs::create_dir_all(root.path("/etc/gateway")).unwrap();
+        woken_by(&root, root.path("/etc/gateway/seed.toml"), |p| {
+            std::fs::write(p, "primary = \"p\"\n").unwrap()
+        })
+        .await;
     }
 }

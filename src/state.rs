@@ -81,6 +81,9 @@ pub struct State {
     pub key_fingerprint: Option<String>,
     pub trust: Option<TrustState>,
     pub api_key_is_default: bool,
+    /// The `GWSEED` filesystem the seed was read from, if one was: the API key is scrubbed
+    /// there at handoff, and on no other.
+    pub gwseed: Option<crate::settings::gwseed::UsedGwseed>,
     pub warnings: Vec<String>,
     /// What the last DNS check found wrong, if anything: replaced by every new check (the
     /// trust step checks again at each boot), so it goes once DNS is right.

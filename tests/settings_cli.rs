@@ -37,7 +37,7 @@ impl Src {
             Src::SeedCredential => "credential:gateway.seed",
             Src::EtcSeed => "seed:/etc/gateway/seed.toml",
             Src::BootSeed => "seed:/boot/gateway-seed.toml",
-            Src::Gwseed => "seed:/dev/disk/by-label/GWSEED:seed.toml",
+            Src::Gwseed => "seed:/dev/vdb1:seed.toml",
             Src::Defaults => "default:/usr/lib/gateway-firstboot/defaults.toml",
         }
     }
@@ -434,7 +434,7 @@ const CASES: &[Case] = &[
             std::os::unix::fs::symlink("../../vdc", t.path("/dev/disk/by-label/GWSEED")).unwrap();
         },
         code: "gwseed-unreadable",
-        says: "error: /dev/disk/by-label/GWSEED: reading seed.toml: not a FAT filesystem",
+        says: "error: /dev/vdc: reading seed.toml: not a FAT filesystem",
     },
     Case {
         name: "API key on the kernel command line (a warning)",
@@ -463,7 +463,7 @@ const CASES: &[Case] = &[
             )]);
         },
         code: "seeds-disagree",
-        says: "warning: account: the seed files disagree on account: /etc/gateway/seed.toml line 2 says \"acme.example\", /dev/disk/by-label/GWSEED:seed.toml line 1 says \"other.example\"\n  fix: /etc/gateway/seed.toml line 2 wins",
+        says: "warning: account: the seed files disagree on account: /etc/gateway/seed.toml line 2 says \"acme.example\", /dev/vdb1:seed.toml line 1 says \"other.example\"\n  fix: /etc/gateway/seed.toml line 2 wins",
     },
 ];
 

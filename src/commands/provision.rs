@@ -287,6 +287,7 @@ fn settings_step(
     state.account = Some(settings.account.clone());
     state.primary = Some(endpoint.access());
     state.api_key_is_default = settings.api_key_is_default;
+    state.gwseed = collected.gwseed.clone();
     state.advance(root, Phase::Validated)?;
     let key = if settings.api_key_is_default {
         "the default restricted key"
@@ -567,7 +568,7 @@ async fn register_step(
 fn handoff_step(root: &Root, state: &mut State, progress: &mut Progress) -> Result<(), Failure> {
     handoff::write_gateway_config(root, state)?;
     failpoint("after-gateway-config");
-    let leftovers = handoff::scrub_api_key(root);
+    let leftovers = handoff::scrub_api_key(root, state.gwseed.as_ref());
     state.warnings.extend(leftovers);
     failpoint("after-scrub");
     let id = state.server_id.clone().unwrap_or_default();

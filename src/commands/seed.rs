@@ -38,6 +38,7 @@ fn validate(text: &str) -> (bool, Vec<Problem>) {
         layers: vec![layer],
         problems,
         given: true,
+        gwseed: None,
     };
     // Validated against an absent root: nothing of the host is read.
     let (_, mut problems) = settings::validate(&Root::new("/nonexistent"), &collected);

@@ -3,9 +3,10 @@
 //! > `/etc/gateway/seed.toml` > `/boot/gateway-seed.toml` > `seed.toml` on `GWSEED`
 //! > vendor defaults (`/usr/lib/gateway-firstboot/defaults.toml`) > built-in defaults.
 
+use super::gwseed::{self, UsedGwseed};
 use super::{
-    BOOT_SEED, ETC_SEED, Entry, GWSEED_DEVICE, GWSEED_FILE, Key, Layer, PROC_CMDLINE, RawValue,
-    Source, VENDOR_DEFAULTS, cmdline, credentials, gwseed, seed,
+    BOOT_SEED, ETC_SEED, Entry, GWSEED_FILE, Key, Layer, PROC_CMDLINE, RawValue, Source,
+    VENDOR_DEFAULTS, cmdline, credentials, seed,
 };
 use crate::problem::Problem;
 use crate::root::Root;
@@ -31,6 +32,8 @@ pub struct Collected {
     pub problems: Vec<Problem>,
     /// Some source other than the vendor defaults gave a value, or tried to and failed.
     pub given: bool,
+    /// The `GWSEED` filesystem whose seed is among the layers: the one to scrub.
+    pub gwseed: Option<UsedGwseed>,
 }
 
 impl Collected {
@@ -108,9 +111,10 @@ pub fn collect(root: &Root, inputs: Inputs) -> Collected {
             layers.push(layer);
         }
     }
-    if let Some(layer) = read_gwseed(root, &mut problems) {
+    let gwseed = read_gwseed(root, &mut problems).map(|(layer, used)| {
         layers.push(layer);
-    }
+        used
+    });
     let given =
         problems.iter().any(Problem::is_error) || layers.iter().any(|l| !l.entries.is_empty());
     if let Some(text) = read_document(&root.path(VENDOR_DEFAULTS), VENDOR_DEFAULTS, &mut problems) {
@@ -124,6 +128,7 @@ pub fn collect(root: &Root, inputs: Inputs) -> Collected {
         layers,
         problems,
         given,
+        gwseed,
     }
 }
 
@@ -181,7 +186,7 @@ fn decode(bytes: Vec<u8>, shown: &str, problems: &mut Vec<Problem>) -> Option<St
     }
 }
 
-fn io_reason(e: &io::Error) -> String {
+pub(super) fn io_reason(e: &io::Error) -> String {
     match e.raw_os_error() {
         Some(code) => nix::errno::Errno::from_raw(code).desc().to_lowercase(),
         None => e.to_string(),
@@ -224,39 +229,18 @@ fn readable_by_others(path: &Path) -> Option<u32> {
     (fs.filesystem_type() != nix::sys::statfs::MSDOS_SUPER_MAGIC).then_some(mode)
 }
 
-fn read_gwseed(root: &Root, problems: &mut Vec<Problem>) -> Option<Layer> {
-    let shown = format!("{GWSEED_DEVICE}:{GWSEED_FILE}");
-    let device = match root.resolve_links(Path::new(GWSEED_DEVICE)) {
-        Ok(device) => device,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
-        Err(e) => {
-            problems.push(Problem::error(
-                "gwseed-unreadable",
-                GWSEED_DEVICE,
-                format!("resolving: {}", io_reason(&e)),
-            ));
-            return None;
-        }
-    };
-    let bytes = match gwseed::read_file(&device, GWSEED_FILE, seed::MAX_SEED_BYTES) {
-        Ok(Some(bytes)) => bytes,
-        Ok(None) => {
-            log::info!("{GWSEED_DEVICE} has no {GWSEED_FILE}");
-            return None;
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
-        Err(e) => {
-            problems.push(
-                Problem::error("gwseed-unreadable", GWSEED_DEVICE, format!("reading {GWSEED_FILE}: {}", io_reason(&e)))
-                    .fix("write the seed with `gateway-firstboot seed embed`, or format the stick as FAT labelled GWSEED"),
-            );
-            return None;
-        }
-    };
-    let text = decode(bytes, &shown, problems)?;
+/// The seed on the one `GWSEED` filesystem the order picks (see [`gwseed::decide`]), named by
+/// its device (`/dev/sdb1:seed.toml`), and that filesystem, for the scrub after registration.
+fn read_gwseed(root: &Root, problems: &mut Vec<Problem>) -> Option<(Layer, UsedGwseed)> {
+    let mut decision = gwseed::find(root);
+    problems.append(&mut decision.problems);
+    let found = decision.used?;
+    let shown = format!("{}:{GWSEED_FILE}", found.device);
+    let used = found.used();
+    let text = decode(found.bytes, &shown, problems)?;
     let (layer, mut found) = seed::parse(&text, Source::Seed(shown));
     problems.append(&mut found);
-    Some(layer)
+    Some((layer, used))
 }
 
 /// Two seed files giving one setting different values is almost always a leftover: say so.

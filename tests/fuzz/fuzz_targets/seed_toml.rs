@@ -35,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
         layers: vec![layer.clone()],
         problems: problems.clone(),
         given: true,
+        gwseed: None,
     };
     // As `seed embed` validates: against an absent root, so nothing of the host is read.
     let _ = settings::validate(&Root::new("/nonexistent"), &collected);
