@@ -89,6 +89,22 @@ impl Env {
     fn read(&self, path: &str) -> String {
         std::fs::read_to_string(self.tree.path(path)).unwrap_or_default()
     }
+
+    /// The login console's lines: each fits 80 columns (but a DNS record or another single
+    /// token, never split, which may be wider);
+    /// returned with line breaks made spaces, as a person reads the wrapped text.
+    fn issue(&self) -> String {
+        let text = self.read("/etc/issue.d/gateway-firstboot.issue");
+        for line in text.lines() {
+            assert!(
+                line.chars().count() <= 80
+                    || !line.trim().contains(' ')
+                    || line.trim().split(' ').nth(1) == Some("IN"),
+                "a console line wider than 80 columns: {line:?}"
+            );
+        }
+        text.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
 }
 
 fn assert_code(run: &Run, code: i32) {
@@ -143,12 +159,9 @@ fn happy_path_to_trusted_then_idempotent() {
     assert_eq!(status["server_id"], id.as_str());
     assert_eq!(status["key_fingerprint"], servers[0]["key_fingerprint"]);
     let short = status["short_fingerprint"].as_str().unwrap().to_string();
-    assert!(
-        env.read("/etc/issue.d/gateway-firstboot.issue")
-            .contains(&format!(
-                "NOT TRUSTED yet: an administrator must click Authorize for key {short}"
-            ))
-    );
+    assert!(env.issue().contains(&format!(
+        "NOT TRUSTED yet: an administrator must click Authorize for key {short}"
+    )));
     assert!(env.tree.path("/var/lib/gateway-firstboot/done").exists());
     let config: toml::Table = env.read("/etc/gateway/gateway.toml").parse().unwrap();
     assert_eq!(config["server-id"].as_str(), Some(id.as_str()));
@@ -219,7 +232,7 @@ fn a_missing_dns_record_warns_and_names_the_record_to_create() {
     assert_eq!(status["dns"]["status"], "missing");
     assert_eq!(status["dns_records_missing"][0], record.as_str());
     assert!(
-        env.read("/etc/issue.d/gateway-firstboot.issue")
+        env.issue()
             .contains(&format!("DNS record missing (create it): {record}"))
     );
     assert_eq!(
@@ -272,10 +285,9 @@ fn a_name_that_also_leads_to_another_machine_names_the_record_to_delete() {
     assert_eq!(status["dns_records_to_delete"][0], delete.as_str());
     assert_eq!(status["dns_records_missing"].as_array().unwrap().len(), 0);
     assert!(
-        env.read("/etc/issue.d/gateway-firstboot.issue")
-            .contains(&format!("(delete it): {delete}")),
+        env.issue().contains(&format!("(delete it): {delete}")),
         "{}",
-        env.read("/etc/issue.d/gateway-firstboot.issue")
+        env.issue()
     );
     assert_eq!(env.sim.all_servers()[0]["dns"], "mismatch");
 }
@@ -320,7 +332,7 @@ fn the_missing_record_stays_on_the_console_through_trust_until_dns_has_it() {
     env.sim.ok(&["authorize", &id]);
     let trust = ["await-trust", "--poll-max", "1s", "--timeout", "60s"];
     assert_code(&env.run(&trust), 0);
-    let issue = env.read("/etc/issue.d/gateway-firstboot.issue");
+    let issue = env.issue();
     assert!(
         issue.contains("is trusted by") && issue.contains(&line),
         "the trust line adds to the DNS advice, it does not replace it:\n{issue}"
@@ -335,7 +347,7 @@ fn the_missing_record_stays_on_the_console_through_trust_until_dns_has_it() {
     env.dns.as_mut().unwrap().stop();
     env.dns = Some(Dnsmasq::start_on(port, &[(FQDN, host_address())]));
     assert_code(&env.run(&trust), 0);
-    let issue = env.read("/etc/issue.d/gateway-firstboot.issue");
+    let issue = env.issue();
     assert!(
         issue.contains("is trusted by") && !issue.contains("DNS record"),
         "the advice goes once DNS is right:\n{issue}"
@@ -551,7 +563,7 @@ fn permanent_failures_stop_at_once_with_code_message_and_fix() {
             "{}",
             case.name
         );
-        let issue = env.read("/etc/issue.d/gateway-firstboot.issue");
+        let issue = env.issue();
         assert!(
             issue.starts_with("Gateway provisioning failed: ") && issue.contains("Fix: "),
             "{}: {issue}",
@@ -610,9 +622,9 @@ fn waits_for_a_seed_then_provisions_from_a_stick_plugged_in_later() {
         heard.contains("STATUS=no provisioning settings yet: waiting for a seed"),
         "{heard}"
     );
-    let issue = env.read("/etc/issue.d/gateway-firstboot.issue");
+    let issue = env.issue();
     assert!(
-        issue.contains("Log in as root and run: gateway-firstboot install"),
+        issue.contains("Set it up on the console (tty1 or the serial console), or log in and run: gateway-firstboot install"),
         "{issue}"
     );
     std::thread::sleep(Duration::from_millis(500));
@@ -634,7 +646,7 @@ fn waits_for_a_seed_then_provisions_from_a_stick_plugged_in_later() {
     );
     assert!(stdout.contains("settings found: provisioning"), "{stdout}");
     assert_eq!(env.sim.all_servers().len(), 1);
-    let issue = env.read("/etc/issue.d/gateway-firstboot.issue");
+    let issue = env.issue();
     assert!(issue.contains("NOT TRUSTED yet"), "{issue}");
 }
 
