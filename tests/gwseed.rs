@@ -109,6 +109,18 @@ fn seed(sim: &Sim, account: &str, key: &str) -> String {
     )
 }
 
+/// The simulator with acme.example and a full key, and the factory tree with one USB stick
+/// (`/dev/sda`, this volume ID) holding a seed with that key.
+fn factory_with_a_stick(volume_id: u32) -> (Sim, String, Tree) {
+    let sim = Sim::start();
+    sim.ok(&["account", "add", "acme.example"]);
+    let key = sim.ok(&["key", "add", "acme.example", "--kind", "full"]);
+    let mut tree = factory(&sim);
+    let text = seed(&sim, "acme.example", &key);
+    stick(&mut tree, "sda", USB1, "8:0", volume_id, &text);
+    (sim, key, tree)
+}
+
 fn holds(path: &Path, key: &str) -> bool {
     let bytes = std::fs::read(path).unwrap();
     bytes.windows(key.len()).any(|w| w == key.as_bytes())
@@ -116,18 +128,7 @@ fn holds(path: &Path, key: &str) -> bool {
 
 #[test]
 fn provisions_from_the_stick_and_scrubs_it_not_the_images_partition() {
-    let sim = Sim::start();
-    sim.ok(&["account", "add", "acme.example"]);
-    let key = sim.ok(&["key", "add", "acme.example", "--kind", "full"]);
-    let mut tree = factory(&sim);
-    stick(
-        &mut tree,
-        "sda",
-        USB1,
-        "8:0",
-        0x5717,
-        &seed(&sim, "acme.example", &key),
-    );
+    let (sim, key, mut tree) = factory_with_a_stick(0x5717);
     let partition = std::fs::read(tree.path("/dev/vda3")).unwrap();
 
     let (value, origin) = tree.effective("account", &[]);
@@ -166,18 +167,7 @@ fn provisions_from_the_stick_and_scrubs_it_not_the_images_partition() {
 
 #[test]
 fn two_sticks_with_different_seeds_stop_everything_and_name_both() {
-    let sim = Sim::start();
-    sim.ok(&["account", "add", "acme.example"]);
-    let key = sim.ok(&["key", "add", "acme.example", "--kind", "full"]);
-    let mut tree = factory(&sim);
-    stick(
-        &mut tree,
-        "sda",
-        USB1,
-        "8:0",
-        1,
-        &seed(&sim, "acme.example", &key),
-    );
+    let (sim, key, mut tree) = factory_with_a_stick(1);
     stick(
         &mut tree,
         "sdb",

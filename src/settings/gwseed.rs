@@ -63,20 +63,37 @@ pub fn read_from<D: Read + Seek>(
     name: &str,
     limit: usize,
 ) -> io::Result<Option<Vec<u8>>> {
-    let fs = fatfs::FileSystem::new(ReadOnly(device), fatfs::FsOptions::new())
-        .map_err(|e| io::Error::new(e.kind(), format!("not a FAT filesystem: {e}")))?;
-    let mut seed = match fs.root_dir().open_file(name) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+    let Some(bytes) = read_capped(&open_fat(device)?, name, limit)? else {
+        return Ok(None);
     };
-    let mut bytes = Vec::new();
-    (&mut seed).take(limit as u64 + 1).read_to_end(&mut bytes)?;
     if bytes.len() > limit {
         return Err(io::Error::other(format!(
             "{name} is larger than {limit} bytes"
         )));
     }
+    Ok(Some(bytes))
+}
+
+/// The FAT filesystem on `device`, opened so that it is never written.
+fn open_fat<D: Read + Seek>(device: D) -> io::Result<fatfs::FileSystem<ReadOnly<D>>> {
+    fatfs::FileSystem::new(ReadOnly(device), fatfs::FsOptions::new())
+        .map_err(|e| io::Error::new(e.kind(), format!("not a FAT filesystem: {e}")))
+}
+
+/// `name` from the root directory, at most `limit` + 1 bytes (so that the caller can tell a
+/// file over the limit); `Ok(None)` when there is no such file.
+fn read_capped<D: Read + Write + Seek>(
+    fs: &fatfs::FileSystem<D>,
+    name: &str,
+    limit: usize,
+) -> io::Result<Option<Vec<u8>>> {
+    let mut file = match fs.root_dir().open_file(name) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::new();
+    (&mut file).take(limit as u64 + 1).read_to_end(&mut bytes)?;
     Ok(Some(bytes))
 }
 
@@ -391,12 +408,9 @@ fn inspect(device: &Path, limit: usize) -> Outcome {
         }
         Err(e) => return Outcome::Unreadable(e),
     };
-    let fs = match fatfs::FileSystem::new(ReadOnly(file), fatfs::FsOptions::new()) {
+    let fs = match open_fat(file) {
         Ok(fs) => fs,
-        Err(e) => {
-            let e = io::Error::new(e.kind(), format!("not a FAT filesystem: {e}"));
-            return Outcome::Unreadable(e);
-        }
+        Err(e) => return Outcome::Unreadable(e),
     };
     // The label in the root directory is the one tools show and set (blkid, Windows); the boot
     // sector's copy may be stale.
@@ -405,7 +419,7 @@ fn inspect(device: &Path, limit: usize) -> Outcome {
         _ => fs.volume_label(),
     };
     let seed = if is_gwseed(&label) {
-        read_seed(&fs, limit)
+        read_capped(&fs, GWSEED_FILE, limit)
     } else {
         Ok(None)
     };
@@ -414,20 +428,6 @@ fn inspect(device: &Path, limit: usize) -> Outcome {
         volume_id: fs.volume_id(),
         seed,
     }
-}
-
-fn read_seed<D: Read + Write + Seek>(
-    fs: &fatfs::FileSystem<D>,
-    limit: usize,
-) -> io::Result<Option<Vec<u8>>> {
-    let mut file = match fs.root_dir().open_file(GWSEED_FILE) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let mut bytes = Vec::new();
-    (&mut file).take(limit as u64 + 1).read_to_end(&mut bytes)?;
-    Ok(Some(bytes))
 }
 
 /// A `GWSEED` filesystem holding a seed, and where it is.
