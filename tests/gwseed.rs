@@ -128,7 +128,7 @@ fn holds(path: &Path, key: &str) -> bool {
 
 #[test]
 fn provisions_from_the_stick_and_scrubs_it_not_the_images_partition() {
-    let (sim, key, mut tree) = factory_with_a_stick(0x5717);
+    let (sim, key, tree) = factory_with_a_stick(0x5717);
     let partition = std::fs::read(tree.path("/dev/vda3")).unwrap();
 
     let (value, origin) = tree.effective("account", &[]);

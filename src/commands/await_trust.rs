@@ -65,6 +65,8 @@ async fn wait(
     let short = short_fingerprint(&identity.fingerprint);
     let extra = endpoint.connect_timeout + endpoint.request_timeout * 2;
 
+    // When DNS was last checked: the check after trust is skipped if the wait just did it.
+    let mut dns_checked: Option<tokio::time::Instant> = None;
     if !(state.phase >= Phase::Trusted && root.path(CERT_FILE).exists()) {
         let text = format!(
             "waiting for an administrator to authorize server {id} on {} (account {account}); key fingerprint {short}",
@@ -76,12 +78,12 @@ async fn wait(
         );
         refresh_dns(root, state).await;
         progress.console(state, &waiting_line);
-        let mut dns_checked = tokio::time::Instant::now();
+        dns_checked = Some(tokio::time::Instant::now());
         let mut backoff = Backoff::new(Duration::from_secs(1), args.poll_max, args.timeout);
         let mut primary: Option<Primary> = None;
         loop {
-            if dns_checked.elapsed() >= DNS_RECHECK {
-                dns_checked = tokio::time::Instant::now();
+            if dns_checked.is_some_and(|t| t.elapsed() >= DNS_RECHECK) {
+                dns_checked = Some(tokio::time::Instant::now());
                 if refresh_dns(root, state).await {
                     progress.console(state, &waiting_line);
                 }
@@ -177,7 +179,9 @@ async fn wait(
             access.url, hello.server_id, hello.at
         ),
     );
-    refresh_dns(root, state).await;
+    if dns_checked.is_none_or(|t| t.elapsed() >= DNS_RECHECK) {
+        refresh_dns(root, state).await;
+    }
     progress.console(state, &trusted_line(&id, &access.url, &account));
     notify_gateway(root, args);
     Ok(())
