@@ -343,9 +343,10 @@ fn the_missing_record_stays_on_the_console_through_trust_until_dns_has_it() {
         "the trust unit's condition for running at the next boot"
     );
     // The administrator creates the record; at the next boot the trust step checks again.
-    let port = env.dns.as_ref().unwrap().port;
-    env.dns.as_mut().unwrap().stop();
-    env.dns = Some(Dnsmasq::start_on(port, &[(FQDN, host_address())]));
+    env.dns
+        .as_mut()
+        .unwrap()
+        .replace_records(&[(FQDN, host_address())]);
     assert_code(&env.run(&trust), 0);
     let issue = env.issue();
     assert!(
@@ -363,7 +364,6 @@ fn dns_require_waits_for_the_record_to_appear() {
     let env = Env::new().with_dns(&[]);
     let mut env = env;
     env.reseed("dns-check = \"require\"\ndeadline = \"60s\"");
-    let port = env.dns.as_ref().unwrap().port;
     let child = env
         .tree
         .command(&["provision"])
@@ -375,8 +375,10 @@ fn dns_require_waits_for_the_record_to_appear() {
         env.sim.all_servers().is_empty(),
         "nothing registered while the record is missing"
     );
-    env.dns.as_mut().unwrap().stop();
-    env.dns = Some(Dnsmasq::start_on(port, &[(FQDN, host_address())]));
+    env.dns
+        .as_mut()
+        .unwrap()
+        .replace_records(&[(FQDN, host_address())]);
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");

@@ -12,6 +12,8 @@ pub const DOMAIN: &str = "acme.test";
 pub struct Dnsmasq {
     child: Child,
     pub port: u16,
+    /// The hosts file the records are served from (`--addn-hosts`), re-read on SIGHUP.
+    hosts: tempfile::NamedTempFile,
 }
 
 fn free_udp_port() -> u16 {
@@ -22,7 +24,7 @@ fn free_udp_port() -> u16 {
 impl Dnsmasq {
     /// Serves `records` (name → address, with the reverse PTR) on a new port.
     pub fn start(records: &[(&str, IpAddr)]) -> Dnsmasq {
-        Dnsmasq::start_on(free_udp_port(), records)
+        Dnsmasq::spawn(free_udp_port(), records, &[])
     }
 
     /// Serves `records` as address records only: no reverse (PTR) record.
@@ -31,19 +33,34 @@ impl Dnsmasq {
             .iter()
             .map(|(name, ip)| format!("--address=/{name}/{ip}"))
             .collect();
-        Dnsmasq::spawn(free_udp_port(), &args)
+        Dnsmasq::spawn(free_udp_port(), &[], &args)
     }
 
-    /// Serves on a given port (to replace a running server's records).
-    pub fn start_on(port: u16, records: &[(&str, IpAddr)]) -> Dnsmasq {
-        let args: Vec<String> = records
-            .iter()
-            .map(|(name, ip)| format!("--host-record={name},{ip}"))
-            .collect();
-        Dnsmasq::spawn(port, &args)
+    /// Serves `records` from now on, in place of the ones before, on the same port (the
+    /// server keeps its sockets: no moment when another process could take the port).
+    pub fn replace_records(&mut self, records: &[(&str, IpAddr)]) {
+        write_hosts(&self.hosts, records);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .expect("signalling dnsmasq");
+        // Re-read once it answers for each name (a plain DNS query over UDP).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (name, _) in records {
+            while !answers(self.port, name) {
+                assert!(
+                    Instant::now() < deadline,
+                    "dnsmasq did not reload its records"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
 
-    fn spawn(port: u16, records: &[String]) -> Dnsmasq {
+    fn spawn(port: u16, records: &[(&str, IpAddr)], extra: &[String]) -> Dnsmasq {
+        let hosts = tempfile::NamedTempFile::new().expect("a hosts file for dnsmasq");
+        write_hosts(&hosts, records);
         let bin = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -63,7 +80,8 @@ impl Dnsmasq {
             &format!("--port={port}"),
             &format!("--local=/{DOMAIN}/"),
         ]);
-        cmd.args(records);
+        cmd.arg(format!("--addn-hosts={}", hosts.path().display()));
+        cmd.args(extra);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -79,7 +97,7 @@ impl Dnsmasq {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Dnsmasq { child, port }
+        Dnsmasq { child, port, hosts }
     }
 
     pub fn addr(&self) -> String {
@@ -90,6 +108,32 @@ impl Dnsmasq {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A hosts file: each name with its address (dnsmasq serves the reverse PTR too).
+fn write_hosts(file: &tempfile::NamedTempFile, records: &[(&str, IpAddr)]) {
+    let text: String = records
+        .iter()
+        .map(|(name, ip)| format!("{ip} {name}\n"))
+        .collect();
+    std::fs::write(file.path(), text).expect("writing dnsmasq's hosts file");
+}
+
+/// Whether the server on `port` answers `name` (type A) with at least one record.
+fn answers(port: u16, name: &str) -> bool {
+    let mut query = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let Ok(socket) = UdpSocket::bind("127.0.0.1:0") else {
+        return false;
+    };
+    let _ = socket.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut reply = [0u8; 512];
+    socket.send_to(&query, ("127.0.0.1", port)).is_ok()
+        && matches!(socket.recv(&mut reply), Ok(n) if n >= 12 && u16::from_be_bytes([reply[6], reply[7]]) > 0)
 }
 
 impl Drop for Dnsmasq {
