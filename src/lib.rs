@@ -2,6 +2,7 @@
 //! appliance. A library with a thin binary (`src/main.rs`); see docs/ for the design.
 
 pub mod cli;
+pub(crate) mod code;
 pub mod commands;
 pub mod disk;
 pub mod dns;
