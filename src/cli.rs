@@ -2,7 +2,7 @@
 //! completions are generated from these definitions.
 
 use crate::exit;
-use crate::problem::Problem;
+use crate::problem::{Code, Problem};
 use crate::secret::Secret;
 use crate::settings::{Entry, Key, Layer, Origin, RawValue, Source};
 use clap::{Args, Parser, Subcommand};
@@ -269,7 +269,7 @@ impl SettingsArgs {
                 Ok(key) => push(Key::ApiKey, RawValue::Secret(key)),
                 Err(e) => problems.push(
                     Problem::error(
-                        "api-key-file-unreadable",
+                        Code::ApiKeyFileUnreadable,
                         "--api-key-file flag",
                         format!("reading {}: {e}", path.display()),
                     )

@@ -2,7 +2,7 @@
 //! seed it was in, the done-marker `gateway.service` is conditioned on. See
 //! docs/gateway-contract.md for what the gateway may rely on.
 
-use crate::failure::{Failure, io};
+use crate::failure::{Code, Failure, io};
 use crate::fsutil;
 use crate::identity::{ACCOUNT_CA_FILE, CERT_FILE, KEY_FILE, PRIMARY_CA_FILE};
 use crate::root::Root;
@@ -47,11 +47,7 @@ pub fn write_gateway_config(root: &Root, state: &State) -> Result<(), Failure> {
     let text = format!(
         "# Written by gateway-firstboot when it handed off to the gateway; see docs/gateway-contract.md.\n\
          # certificate and account-ca exist once an administrator has authorized this server.\n{}",
-        toml::to_string(&t).map_err(|e| Failure::permanent(
-            "internal",
-            e.to_string(),
-            "report a bug"
-        ))?
+        toml::to_string(&t).map_err(|e| Failure::new(Code::Internal, e.to_string()))?
     );
     fsutil::write_atomic(
         &root.path(crate::handoff::GATEWAY_CONFIG),

@@ -1,7 +1,7 @@
 //! The server's identity: a key pair made once and kept (0600) before it is first used, the
 //! CSR sent with the registration, the application-specific machine ID, the DMI serial.
 
-use crate::failure::{Failure, io};
+use crate::failure::{Code, Failure, io};
 use crate::fsutil;
 use crate::protocol::key_fingerprint;
 use crate::root::Root;
@@ -41,13 +41,8 @@ impl Identity {
         {
             Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             None => {
-                let key = KeyPair::generate().map_err(|e| {
-                    Failure::permanent(
-                        "internal",
-                        format!("making a key pair: {e}"),
-                        "report a bug",
-                    )
-                })?;
+                let key = KeyPair::generate()
+                    .map_err(|e| Failure::new(Code::Internal, format!("making a key pair: {e}")))?;
                 let pem = key.serialize_pem();
                 fsutil::write_atomic(&path, pem.as_bytes(), 0o600)
                     .map_err(|e| io(format!("writing {KEY_FILE}"), e))?;
@@ -56,11 +51,9 @@ impl Identity {
             }
         };
         let key = KeyPair::from_pem(&pem).map_err(|e| {
-            Failure::permanent(
-                "identity-damaged",
+            Failure::with_fix(Code::IdentityDamaged,
                 format!("{KEY_FILE} cannot be read: {e}"),
-                format!("move {KEY_FILE} away; the server then registers with a new key (an administrator must authorize it again)"),
-            )
+                format!("move {KEY_FILE} away; the server then registers with a new key (an administrator must authorize it again)"))
         })?;
         let fingerprint = key_fingerprint(&rcgen::PublicKeyData::subject_public_key_info(&key));
         Ok(Identity { key, fingerprint })
@@ -69,18 +62,15 @@ impl Identity {
     /// A PKCS#10 request for this key, naming the server; also kept in csr.pem.
     pub fn csr(&self, root: &Root, hostname: &str, fqdn: Option<&str>) -> Result<String, Failure> {
         let names: Vec<String> = fqdn.into_iter().map(str::to_string).collect();
-        let mut params = CertificateParams::new(names).map_err(|e| {
-            Failure::permanent("internal", format!("making the CSR: {e}"), "report a bug")
-        })?;
+        let mut params = CertificateParams::new(names)
+            .map_err(|e| Failure::new(Code::Internal, format!("making the CSR: {e}")))?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, fqdn.unwrap_or(hostname));
         params.distinguished_name = dn;
         let pem = params
             .serialize_request(&self.key)
             .and_then(|csr| csr.pem())
-            .map_err(|e| {
-                Failure::permanent("internal", format!("making the CSR: {e}"), "report a bug")
-            })?;
+            .map_err(|e| Failure::new(Code::Internal, format!("making the CSR: {e}")))?;
         fsutil::write_quick(&root.path(CSR_FILE), pem.as_bytes(), 0o644)
             .map_err(|e| io(format!("writing {CSR_FILE}"), e))?;
         Ok(pem)
@@ -126,14 +116,13 @@ pub fn derive_machine_id(root: &Root) -> Result<String, Failure> {
         })
         .flatten();
     let Some(id) = bytes.filter(|b| b.iter().any(|&x| x != 0)) else {
-        return Err(Failure::permanent(
-            "no-machine-id",
+        return Err(Failure::new(
+            Code::NoMachineId,
             format!("{MACHINE_ID} holds no machine ID yet"),
-            "systemd writes it early at first boot; the image must ship it as \"uninitialized\"",
         ));
     };
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&id)
-        .map_err(|e| Failure::permanent("internal", e.to_string(), "report a bug"))?;
+        .map_err(|e| Failure::new(Code::Internal, e.to_string()))?;
     mac.update(&APP_ID);
     let mut out: [u8; 16] = mac.finalize().into_bytes()[..16]
         .try_into()
@@ -170,9 +159,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = Root::new(dir.path());
         std::fs::create_dir_all(root.path("/etc")).unwrap();
-        assert_eq!(machine_id(&root).unwrap_err().code, "no-machine-id");
+        assert_eq!(machine_id(&root).unwrap_err().code, Code::NoMachineId);
         std::fs::write(root.path(MACHINE_ID), "uninitialized\n").unwrap();
-        assert_eq!(machine_id(&root).unwrap_err().code, "no-machine-id");
+        assert_eq!(machine_id(&root).unwrap_err().code, Code::NoMachineId);
         std::fs::write(root.path(MACHINE_ID), "0123456789abcdef0123456789abcdef\n").unwrap();
         let a = machine_id(&root).unwrap();
         // A first boot cut short: systemd makes another machine ID; ours stays.

@@ -3,6 +3,7 @@
 
 pub mod blockdev;
 pub mod cli;
+pub(crate) mod code;
 pub mod commands;
 pub mod disk;
 pub mod dns;

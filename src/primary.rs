@@ -2,7 +2,7 @@
 //! CA, or a SHA-256 pin), then the `/api/v1` calls. Every failure becomes a [`Failure`] with a
 //! stable code, a fix, and a class (permanent or transient), as docs/provisioning.md lists.
 
-use crate::failure::Failure;
+use crate::failure::{Code, Failure};
 use crate::protocol::{
     API_PREFIX, AccountInfo, CertificateBundle, ErrorBody, ErrorCode, Health, RegisterResponse,
     Registration, SecureHello, ServerRecord,
@@ -76,8 +76,8 @@ impl Endpoint {
 
     pub fn from_access(a: &PrimaryAccess) -> Result<Endpoint, Failure> {
         let bad = |what: &str| {
-            Failure::permanent(
-                "state-corrupt",
+            Failure::with_fix(
+                Code::StateCorrupt,
                 format!("the saved primary {what} is unreadable"),
                 "provision again",
             )
@@ -324,10 +324,6 @@ impl ServerCertVerifier for Verifier {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> Failure {
-    Failure::permanent("internal", e.to_string(), "report a bug")
-}
-
 fn tls_config(
     root: &Root,
     ep: &Endpoint,
@@ -358,7 +354,7 @@ fn tls_config(
             Trust::Roots(Some(
                 WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                     .build()
-                    .map_err(internal)?,
+                    .map_err(Failure::internal)?,
             ))
         }
     };
@@ -370,7 +366,7 @@ fn tls_config(
     });
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(internal)?
+        .map_err(Failure::internal)?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
     let config = match identity {
@@ -379,11 +375,12 @@ fn tls_config(
             let chain: Vec<CertificateDer<'static>> =
                 CertificateDer::pem_slice_iter(id.cert_pem.as_bytes())
                     .collect::<Result<_, _>>()
-                    .map_err(internal)?;
-            let key = PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes()).map_err(internal)?;
+                    .map_err(Failure::internal)?;
+            let key =
+                PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes()).map_err(Failure::internal)?;
             builder
                 .with_client_auth_cert(chain, key)
-                .map_err(internal)?
+                .map_err(Failure::internal)?
         }
     };
     Ok(config)
@@ -405,12 +402,10 @@ async fn resolve(root: &Root, ep: &Endpoint) -> Result<Vec<SocketAddr>, Failure>
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
-    let fix = "check the primary address and this server's DNS settings (nameservers in the seed, or DHCP)";
     let resolver = crate::dns::resolver(root, &ep.nameservers).map_err(|why| {
-        Failure::transient(
-            "primary-dns",
+        Failure::new(
+            Code::PrimaryDns,
             format!("cannot resolve the primary's name {host}: {why}"),
-            fix,
         )
     })?;
     let lookup = resolver.lookup_ip(format!("{host}.")).await.map_err(|e| {
@@ -419,10 +414,9 @@ async fn resolve(root: &Root, ep: &Endpoint) -> Result<Vec<SocketAddr>, Failure>
         } else {
             e.to_string()
         };
-        Failure::transient(
-            "primary-dns",
+        Failure::new(
+            Code::PrimaryDns,
             format!("cannot resolve the primary's name {host}: {why}"),
-            fix,
         )
     })?;
     Ok(lookup.iter().map(|ip| SocketAddr::new(ip, port)).collect())
@@ -448,7 +442,7 @@ fn build_client(
     if host.parse::<IpAddr>().is_err() {
         b = b.resolve_to_addrs(&host, addrs);
     }
-    b.build().map_err(internal)
+    b.build().map_err(Failure::internal)
 }
 
 /// Finds the first error of type `E` in a chain, looking inside `io::Error`s too.
@@ -495,14 +489,11 @@ fn printable(text: &str, max: usize) -> String {
 }
 
 fn cert_problem(e: &CertificateError, host: &str) -> CertProblem {
-    let trust_fix = "set primary-ca to the primary's CA certificate (or primary-ca-sha256), or check the primary address";
-    let permanent =
-        |code, m: String, fix: &str| CertProblem::Other(Failure::permanent(code, m, fix));
+    let permanent = |code: Code, m: String| CertProblem::Other(Failure::new(code, m));
     let not_server = |what: &str| {
         permanent(
-            "tls-not-server-certificate",
+            Code::TlsNotServerCertificate,
             format!("the certificate of {host} {what}, so it cannot prove a server's identity"),
-            "the primary must present a TLS server certificate issued for its name; check the primary address",
         )
     };
     match e {
@@ -513,17 +504,15 @@ fn cert_problem(e: &CertificateError, host: &str) -> CertProblem {
             CertProblem::Time { expired: false }
         }
         CertificateError::ApplicationVerificationFailure => permanent(
-            "tls-pin-mismatch",
+            Code::TlsPinMismatch,
             format!("no certificate {host} presented matches primary-ca-sha256"),
-            "check the pin against `openssl x509 -noout -fingerprint -sha256` of the primary's certificate or CA",
         ),
         CertificateError::Other(o) if o.0.downcast_ref::<PinnedCaDidNotSign>().is_some() => {
             permanent(
-                "tls-pin-not-issuer",
+                Code::TlsPinNotIssuer,
                 format!(
                     "{host} sent the pinned CA certificate, but its own certificate is not signed by it"
                 ),
-                "this is not the primary (anyone can send a public CA certificate); check the primary address and the network path",
             )
         }
         CertificateError::Other(o)
@@ -538,30 +527,26 @@ fn cert_problem(e: &CertificateError, host: &str) -> CertProblem {
             not_server("is not for TLS servers (no serverAuth usage)")
         }
         CertificateError::UnknownIssuer | CertificateError::BadSignature => permanent(
-            "tls-unknown-issuer",
+            Code::TlsUnknownIssuer,
             format!("the certificate of {host} is not signed by a trusted CA"),
-            trust_fix,
         ),
         CertificateError::NotValidForNameContext { presented, .. } => permanent(
-            "tls-wrong-name",
+            Code::TlsWrongName,
             format!(
                 "the certificate of {host} is not for that name (it names {})",
                 printable(&presented.join(", "), 120)
             ),
-            "use an address the primary's certificate names (its DNS name, usually), or reissue the certificate",
         ),
         CertificateError::NotValidForName => permanent(
-            "tls-wrong-name",
+            Code::TlsWrongName,
             format!("the certificate of {host} is not for that name"),
-            "use an address the primary's certificate names (its DNS name, usually), or reissue the certificate",
         ),
         other => permanent(
-            "tls-certificate",
+            Code::TlsCertificate,
             format!(
                 "the certificate of {host} is not acceptable: {}",
                 printable(&format!("{other:?}"), 160)
             ),
-            trust_fix,
         ),
     }
 }
@@ -571,15 +556,13 @@ fn handshake_problem(e: &rustls::Error, host: &str) -> Failure {
     use rustls::{AlertDescription, PeerIncompatible};
     match e {
         rustls::Error::PeerIncompatible(PeerIncompatible::ServerDoesNotSupportTls12Or13)
-        | rustls::Error::AlertReceived(AlertDescription::ProtocolVersion) => Failure::permanent(
-            "tls-version",
+        | rustls::Error::AlertReceived(AlertDescription::ProtocolVersion) => Failure::new(
+            Code::TlsVersion,
             format!("{host} speaks only TLS versions older than 1.2"),
-            "enable TLS 1.2 or 1.3 on the primary (TLS 1.0 and 1.1 are refused), or check the primary address",
         ),
-        other => Failure::permanent(
-            "tls-handshake",
+        other => Failure::new(
+            Code::TlsHandshake,
             format!("the TLS handshake with {host} failed: {other}"),
-            "check that the primary address points at the primary's HTTPS port",
         ),
     }
 }
@@ -616,7 +599,7 @@ impl Primary {
         self.endpoint
             .url
             .join(&format!("{}{path}", API_PREFIX.trim_start_matches('/')))
-            .map_err(internal)
+            .map_err(Failure::internal)
     }
 
     fn host(&self) -> String {
@@ -641,73 +624,59 @@ impl Primary {
             // hyper names the kind only in a server build (is_parse_too_large); its message
             // says it, and tests/impostor.rs headers_that_never_end notices if that changes.
             return if h.to_string().contains("too large") {
-                Failure::permanent(
-                    "primary-response-too-large",
+                Failure::new(
+                    Code::PrimaryResponseTooLarge,
                     format!("{host} sent an answer whose head never ends"),
-                    "check that the primary address points at the primary server",
                 )
             } else {
-                Failure::permanent(
-                    "not-a-primary",
+                Failure::new(
+                    Code::NotAPrimary,
                     format!("{host} answered with something that is not HTTP"),
-                    "check that the primary address points at the primary server",
                 )
             };
         }
-        let reach =
-            "check the primary address, this server's network and any firewall between them";
         if let Some(io) = find::<std::io::Error>(e) {
             use std::io::ErrorKind::*;
             match io.kind() {
                 ConnectionRefused => {
-                    return Failure::transient(
-                        "primary-refused",
+                    return Failure::new(
+                        Code::PrimaryRefused,
                         format!("{host} refused the connection"),
-                        "check that the primary is running and the port is right",
                     );
                 }
                 HostUnreachable | NetworkUnreachable | NetworkDown => {
-                    return Failure::transient(
-                        "primary-unreachable",
-                        format!("no route to {host}"),
-                        reach,
-                    );
+                    return Failure::new(Code::PrimaryUnreachable, format!("no route to {host}"));
                 }
                 TimedOut => {
-                    return Failure::transient(
-                        "primary-timeout",
+                    return Failure::new(
+                        Code::PrimaryTimeout,
                         format!("{host} did not answer in time"),
-                        reach,
                     );
                 }
                 ConnectionReset | ConnectionAborted | UnexpectedEof | BrokenPipe => {
-                    return Failure::transient(
-                        "primary-reset",
+                    return Failure::new(
+                        Code::PrimaryReset,
                         format!("{host} closed the connection"),
-                        reach,
                     );
                 }
                 _ => {}
             }
         }
         if e.is_timeout() {
-            return Failure::transient(
-                "primary-timeout",
+            return Failure::new(
+                Code::PrimaryTimeout,
                 format!("{host} did not answer in time"),
-                reach,
             );
         }
         if e.is_connect() {
-            return Failure::transient(
-                "primary-unreachable",
+            return Failure::new(
+                Code::PrimaryUnreachable,
                 format!("cannot connect to {host}"),
-                reach,
             );
         }
-        Failure::transient(
-            "primary-unreachable",
+        Failure::new(
+            Code::PrimaryUnreachable,
             format!("talking to {host} failed: {}", without_url(e)),
-            reach,
         )
     }
 
@@ -717,16 +686,14 @@ impl Primary {
     async fn clock_or_certificate(&self, is_expired: bool) -> Failure {
         let host = self.host();
         let expired = if is_expired {
-            Failure::permanent(
-                "tls-expired",
+            Failure::new(
+                Code::TlsExpired,
                 format!("the certificate of {host} has expired"),
-                "renew the primary's certificate",
             )
         } else {
-            Failure::permanent(
-                "tls-not-yet-valid",
+            Failure::new(
+                Code::TlsNotYetValid,
                 format!("the certificate of {host} is not valid yet"),
-                "check the primary's certificate dates; reissue it if they are wrong",
             )
         };
         let Ok(addrs) = resolve(&self.root, &self.endpoint).await else {
@@ -749,15 +716,14 @@ impl Primary {
             return expired;
         };
         match clock_skew(resp.headers()) {
-            Some((skew, theirs)) if skew > CLOCK_TOLERANCE => Failure::transient(
-                "clock-wrong",
+            Some((skew, theirs)) if skew > CLOCK_TOLERANCE => Failure::new(
+                Code::ClockWrong,
                 format!(
                     "this server's clock ({}) is {}s away from the primary's ({}), so its certificate looks invalid",
                     crate::state::now_rfc3339(),
                     skew.as_secs(),
                     httpdate::fmt_http_date(theirs)
                 ),
-                "set the clock (timedatectl set-time, or fix NTP); provisioning retries on its own",
             ),
             _ => expired,
         }
@@ -781,13 +747,12 @@ impl Primary {
             return serde_json::from_slice(&body)
                 .map(|v| (v, headers))
                 .map_err(|e| {
-                    Failure::permanent(
-                        "not-a-primary",
+                    Failure::new(
+                        Code::NotAPrimary,
                         format!(
                             "{} answered, but not with the registration protocol ({e})",
                             self.host()
                         ),
-                        "check that the primary address points at the primary server",
                     )
                 });
         }
@@ -800,14 +765,13 @@ impl Primary {
     /// server that sends more is not one to keep reading from.
     async fn read_body(&self, mut resp: reqwest::Response) -> Result<Vec<u8>, Failure> {
         let too_large = || {
-            Failure::permanent(
-                "primary-response-too-large",
+            Failure::new(
+                Code::PrimaryResponseTooLarge,
                 format!(
                     "{} sent an answer larger than {} KiB, which no primary does",
                     self.host(),
                     MAX_RESPONSE / 1024
                 ),
-                "check that the primary address points at the primary server",
             )
         };
         if resp
@@ -837,13 +801,12 @@ impl Primary {
             .and_then(|v| v.to_str().ok())
             .map(|v| printable(v, 160))
             .unwrap_or_else(|| "nowhere".into());
-        Failure::permanent(
-            "primary-redirect",
+        Failure::new(
+            Code::PrimaryRedirect,
             format!(
                 "{} answered with a redirect (HTTP {status}) to {target}; the agent does not follow redirects",
                 self.host()
             ),
-            "set primary to the address the primary itself answers on (an https:// URL with the right host and port)",
         )
     }
 
@@ -857,53 +820,37 @@ impl Primary {
             .unwrap_or_default();
         use ErrorCode::*;
         match code {
-            Some(KeyInvalid) | Some(Unauthenticated) => Failure::permanent(
-                "key-rejected",
-                "the primary rejected the API key",
-                "copy the API key again from the account settings, or leave it blank for the default restricted key",
-            ),
-            Some(KeyExpired) => Failure::permanent(
-                "key-expired",
-                "the API key has expired",
-                "create a new API key in the account settings",
-            ),
-            Some(KeyIpNotAllowed) => Failure::permanent(
-                "key-ip-not-allowed",
+            Some(KeyInvalid) | Some(Unauthenticated) => {
+                Failure::new(Code::KeyRejected, "the primary rejected the API key")
+            }
+            Some(KeyExpired) => Failure::new(Code::KeyExpired, "the API key has expired"),
+            Some(KeyIpNotAllowed) => Failure::new(
+                Code::KeyIpNotAllowed,
                 "the API key may not be used from this server's address",
-                "allow this server's address for the key in the account settings, or use another key",
             ),
-            Some(KeyAccountMismatch) => Failure::permanent(
-                "key-account-mismatch",
+            Some(KeyAccountMismatch) => Failure::new(
+                Code::KeyAccountMismatch,
                 format!("the API key belongs to another account, not {account}"),
-                "check the account domain name, or use a key of this account",
             ),
-            Some(KeyRestricted) => Failure::permanent(
-                "key-restricted",
+            Some(KeyRestricted) => Failure::new(
+                Code::KeyRestricted,
                 "the primary does not allow a restricted API key for this",
-                "use a full API key from the account settings",
             ),
-            Some(AccountUnknown) => Failure::permanent(
-                "account-unknown",
+            Some(AccountUnknown) => Failure::new(
+                Code::AccountUnknown,
                 format!("the primary has no account with the domain name {account}"),
-                "check the account domain name (Account settings on the primary show it)",
             ),
-            Some(ServerRejected) => Failure::permanent(
-                "server-rejected",
+            Some(ServerRejected) => Failure::new(
+                Code::ServerRejected,
                 "an administrator rejected this server on the primary",
-                "ask the administrator; to register again, remove the server on the primary and reprovision",
             ),
-            Some(IdentityConflict) => Failure::permanent(
-                "identity-conflict",
+            Some(IdentityConflict) => Failure::new(
+                Code::IdentityConflict,
                 "the primary knows this machine as a trusted server with another key",
-                "remove the old server on the primary, then provision again",
             ),
-            Some(RateLimited) => Failure::transient(
-                "rate-limited",
-                "the primary asked to slow down",
-                "nothing: the agent waits as asked",
-            ),
-            Some(NotFound) => Failure::permanent(
-                "not-a-primary",
+            Some(RateLimited) => Failure::new(Code::RateLimited, "the primary asked to slow down"),
+            Some(NotFound) => Failure::with_fix(
+                Code::NotAPrimary,
                 format!(
                     "{} has no registration protocol at {}",
                     self.host(),
@@ -911,18 +858,13 @@ impl Primary {
                 ),
                 "check the primary address (host, port and any path) points at the primary server",
             ),
-            Some(TokenInvalid) | Some(ServerUnknown) => Failure::permanent(
-                "registration-lost",
+            Some(TokenInvalid) | Some(ServerUnknown) => Failure::new(
+                Code::RegistrationLost,
                 format!("the primary no longer knows this server ({said})"),
-                "remove /var/lib/gateway-firstboot and provision again",
             ),
-            _ if status == 429 => Failure::transient(
-                "rate-limited",
-                "the primary asked to slow down",
-                "nothing: the agent waits as asked",
-            ),
-            _ if status >= 500 => Failure::transient(
-                "primary-error",
+            _ if status == 429 => Failure::new(Code::RateLimited, "the primary asked to slow down"),
+            _ if status >= 500 => Failure::new(
+                Code::PrimaryError,
                 format!(
                     "the primary failed (HTTP {status}{})",
                     if said.is_empty() {
@@ -931,20 +873,17 @@ impl Primary {
                         format!(": {said}")
                     }
                 ),
-                "nothing: the agent retries; if it lasts, check the primary",
             ),
-            _ if parsed.is_none() => Failure::permanent(
-                "not-a-primary",
+            _ if parsed.is_none() => Failure::new(
+                Code::NotAPrimary,
                 format!(
                     "{} answered HTTP {status}, not the registration protocol",
                     self.host()
                 ),
-                "check that the primary address points at the primary server",
             ),
-            _ => Failure::permanent(
-                "protocol",
+            _ => Failure::new(
+                Code::Protocol,
                 format!("the primary refused the request (HTTP {status}): {said}"),
-                "report this with the agent's version",
             ),
         }
     }

@@ -121,7 +121,7 @@ impl Progress {
         let Err(f) = result else {
             return crate::exit::OK;
         };
-        if f.code == "server-rejected" {
+        if f.code == crate::failure::Code::ServerRejected {
             state.trust = Some(crate::protocol::TrustState::Rejected);
         }
         state.last_error = Some(f.clone());

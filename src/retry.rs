@@ -1,7 +1,7 @@
 //! Retrying transient failures: exponential backoff with full jitter, the primary's
 //! `Retry-After` honoured, an overall deadline.
 
-use crate::failure::Failure;
+use crate::failure::{Code, Failure};
 use std::time::{Duration, Instant};
 
 pub struct Backoff {
@@ -26,7 +26,7 @@ impl Backoff {
     /// The wait before the next attempt after `failure`, or the failure that ends the retrying:
     /// the failure itself when permanent, a `deadline` failure when time is up.
     pub fn next(&mut self, failure: Failure) -> Result<Duration, Failure> {
-        if failure.permanent {
+        if failure.permanent() {
             return Err(failure);
         }
         self.attempt += 1;
@@ -49,7 +49,7 @@ impl Backoff {
             let elapsed = self.started.elapsed();
             if elapsed + wait >= deadline {
                 return Err(Failure {
-                    code: "deadline".into(),
+                    code: Code::Deadline,
                     message: format!(
                         "gave up after {}s and {} attempts: {} [{}]",
                         elapsed.as_secs(),
@@ -58,7 +58,6 @@ impl Backoff {
                         failure.code
                     ),
                     fix: failure.fix,
-                    permanent: true,
                     retry_after: None,
                 });
             }
@@ -75,10 +74,10 @@ mod tests {
     fn waits_grow_within_the_cap_and_retry_after_wins() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2), None);
         for _ in 0..30 {
-            let w = b.next(Failure::transient("x", "m", "f")).unwrap();
+            let w = b.next(Failure::new(Code::PrimaryRefused, "m")).unwrap();
             assert!(w <= Duration::from_secs(2));
         }
-        let mut asked = Failure::transient("rate-limited", "m", "f");
+        let mut asked = Failure::new(Code::RateLimited, "m");
         asked.retry_after = Some(Duration::from_secs(3));
         let w = b.next(asked).unwrap();
         assert!(
@@ -95,17 +94,21 @@ mod tests {
             Some(Duration::ZERO),
         );
         assert_eq!(
-            b.next(Failure::permanent("key-rejected", "m", "f"))
+            b.next(Failure::new(Code::KeyRejected, "m"))
                 .unwrap_err()
                 .code,
-            "key-rejected"
+            Code::KeyRejected
         );
         let end = b
-            .next(Failure::transient("primary-refused", "refused", "start it"))
+            .next(Failure::with_fix(
+                Code::PrimaryRefused,
+                "refused",
+                "start it",
+            ))
             .unwrap_err();
-        assert_eq!(end.code, "deadline");
+        assert_eq!(end.code, Code::Deadline);
         assert!(
-            end.permanent && end.message.contains("refused [primary-refused]"),
+            end.permanent() && end.message.contains("refused [primary-refused]"),
             "{}",
             end.message
         );

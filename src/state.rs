@@ -2,7 +2,7 @@
 //! any point resumes where it stopped. Holds no secret (the server token has its own 0600
 //! file); `status` and `/run/gateway-firstboot/status.json` are renderings of it.
 
-use crate::failure::{Failure, io};
+use crate::failure::{Code, Failure, io};
 use crate::fsutil;
 use crate::protocol::{DnsReport, TrustState};
 use crate::root::Root;
@@ -127,8 +127,8 @@ impl State {
                     ..State::default()
                 })
             }
-            Err(e) => Err(Failure::permanent(
-                "state-corrupt",
+            Err(e) => Err(Failure::with_fix(
+                Code::StateCorrupt,
                 format!("{STATE_FILE} is damaged: {e}"),
                 format!(
                     "move {STATE_FILE} away to provision again from the start (the server keeps its identity)"
@@ -142,10 +142,10 @@ impl State {
     pub fn save(&mut self, root: &Root) -> Result<(), Failure> {
         self.updated = Some(now_rfc3339());
         let json = serde_json::to_vec_pretty(self)
-            .map_err(|e| Failure::permanent("internal", e.to_string(), "report a bug"))?;
+            .map_err(|e| Failure::new(Code::Internal, e.to_string()))?;
         let path = root.path(STATE_FILE);
         let durable = self.phase >= Phase::Registered
-            || self.last_error.as_ref().is_some_and(|e| e.permanent);
+            || self.last_error.as_ref().is_some_and(|e| e.permanent());
         let written = if durable {
             fsutil::write_atomic(&path, &json, 0o644)
         } else {
@@ -237,6 +237,6 @@ mod tests {
         // Damaged after registration: stop and say so.
         std::fs::write(root.path(TOKEN_FILE), b"gwt_x").unwrap();
         std::fs::write(root.path(STATE_FILE), b"{broken").unwrap();
-        assert_eq!(State::load(&root).unwrap_err().code, "state-corrupt");
+        assert_eq!(State::load(&root).unwrap_err().code, Code::StateCorrupt);
     }
 }

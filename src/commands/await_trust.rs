@@ -3,7 +3,7 @@
 //! mutual-TLS connection, then tell the gateway.
 
 use crate::cli::AwaitTrustArgs;
-use crate::failure::{Failure, io};
+use crate::failure::{Code, Failure, io};
 use crate::fsutil;
 use crate::identity::{ACCOUNT_CA_FILE, CERT_FILE, Identity};
 use crate::primary::{ClientIdentity, Endpoint, Primary};
@@ -41,10 +41,9 @@ async fn wait(
         state.primary.clone(),
         state.phase >= Phase::HandedOff,
     ) else {
-        return Err(Failure::permanent(
-            "not-provisioned",
+        return Err(Failure::new(
+            Code::NotProvisioned,
             "this server is not registered with a primary yet",
-            "run `gateway-firstboot provision` (gateway-firstboot.service does at boot)",
         ));
     };
     let endpoint = Endpoint::from_access(&access)?;
@@ -94,22 +93,20 @@ async fn wait(
                 }
                 let p = primary
                     .as_ref()
-                    .ok_or_else(|| Failure::permanent("internal", "no client", "report a bug"))?;
+                    .ok_or_else(|| Failure::new(Code::Internal, "no client"))?;
                 p.server(&id, &token).await
             };
             let waiting = match attempt.await {
                 Ok(record) if record.state == TrustState::Trusted => break,
                 Ok(record) if record.state == TrustState::Rejected => {
-                    return Err(Failure::permanent(
-                        "server-rejected",
+                    return Err(Failure::new(
+                        Code::ServerRejected,
                         format!("an administrator rejected server {id} on the primary"),
-                        "ask the administrator; to register again, remove the server on the primary and reprovision",
                     ));
                 }
-                Ok(_) => Failure::transient(
-                    "not-trusted",
+                Ok(_) => Failure::new(
+                    Code::NotTrusted,
                     format!("not authorized yet (key {short})"),
-                    "click Authorize on the primary",
                 ),
                 Err(f) => {
                     primary = None;
@@ -117,7 +114,7 @@ async fn wait(
                 }
             };
             let wait = backoff.next(waiting.clone())?;
-            if waiting.code != "not-trusted" {
+            if waiting.code != Code::NotTrusted {
                 state.last_error = Some(waiting.clone());
                 progress.retrying(state, &waiting, backoff.attempt, wait, extra);
             } else {

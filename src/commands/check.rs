@@ -12,7 +12,7 @@ pub async fn run(root: &Root, args: &CheckArgs) -> anyhow::Result<u8> {
     let (settings, mut problems) = settings::validate(root, &collected);
     if !collected.has_seed() {
         // With nothing given at all, one message says it better than one per missing setting.
-        problems.retain(|p| !p.code.ends_with("-missing"));
+        problems.retain(|p| !p.code.is_missing());
     }
     let mut code = match (&settings, collected.has_seed()) {
         (Some(_), _) => exit::OK,

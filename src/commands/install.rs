@@ -9,6 +9,7 @@
 
 use crate::cli::InstallArgs;
 use crate::exit;
+use crate::failure::Code;
 use crate::fsutil;
 use crate::problem::Problem;
 use crate::root::Root;
@@ -42,39 +43,27 @@ impl Field {
         }
     }
 
-    /// The codes of `check`'s problems about this field.
+    /// The setting this question answers.
+    fn key(self) -> Key {
+        match self {
+            Field::Primary => Key::Primary,
+            Field::Account => Key::Account,
+            Field::ApiKey => Key::ApiKey,
+        }
+    }
+
+    /// Whether `check`'s problem is about this field.
     fn owns(self, problem: &Problem) -> bool {
-        let codes: &[&str] = match self {
-            Field::Primary => &["invalid-primary", "primary-missing"],
-            Field::Account => &["invalid-account", "account-missing"],
-            Field::ApiKey => &["invalid-api-key", "api-key-missing"],
-        };
-        codes.contains(&problem.code)
+        problem.code.question() == Some(self.key())
     }
 }
 
 /// The fields an online failure is about: asked again, in this order.
-fn at_fault(code: &str) -> &'static [Field] {
-    match code {
-        "account-unknown" => &[Field::Account],
-        "key-account-mismatch" => &[Field::Account, Field::ApiKey],
-        "key-rejected" | "key-expired" | "key-ip-not-allowed" | "key-restricted" => {
-            &[Field::ApiKey]
-        }
-        "primary-dns"
-        | "primary-refused"
-        | "primary-unreachable"
-        | "primary-timeout"
-        | "primary-reset"
-        | "primary-error"
-        | "rate-limited"
-        | "clock-wrong"
-        | "primary-redirect"
-        | "primary-response-too-large"
-        | "not-a-primary" => &[Field::Primary],
-        tls if tls.starts_with("tls-") => &[Field::Primary],
-        _ => &[],
-    }
+fn at_fault(code: Code) -> Vec<Field> {
+    code.blames()
+        .iter()
+        .filter_map(|key| FIELDS.into_iter().find(|f| f.key() == *key))
+        .collect()
 }
 
 /// The API key answer.
@@ -377,7 +366,7 @@ async fn ask_and_provision(root: &Root, args: &InstallArgs) -> anyhow::Result<u8
                     &format!("{} [{}]", failure.message, failure.code),
                     Some(&failure.fix),
                 );
-                let fields = at_fault(&failure.code);
+                let fields = at_fault(failure.code);
                 if !interactive || fields.is_empty() {
                     return Ok(failure.exit_code());
                 }

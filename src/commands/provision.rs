@@ -5,7 +5,7 @@
 use crate::cli::ProvisionArgs;
 use crate::dns;
 use crate::exit;
-use crate::failure::{Failure, io};
+use crate::failure::{Code, Failure, io};
 use crate::fsutil;
 use crate::handoff;
 use crate::identity::{self, Identity};
@@ -261,11 +261,9 @@ fn settings_step(
         .collect();
     let Some(settings) = settings else {
         if !collected.has_seed() {
-            return Err(Failure::permanent(
-                "no-settings",
+            return Err(Failure::new(
+                Code::NoSettings,
                 "no provisioning settings found",
-                "give gateway.primary= and gateway.account= on the kernel command line, write /etc/gateway/seed.toml, \
-                 put seed.toml on a FAT stick labelled GWSEED, or run `gateway-firstboot install`",
             ));
         }
         let errors: Vec<_> = problems.iter().filter(|p| p.is_error()).collect();
@@ -274,8 +272,8 @@ fn settings_step(
             .map(|p| format!("{}: {}", p.subject, p.message))
             .unwrap_or_default();
         log::error!(MESSAGE_ID = progress::MSG_SETTINGS_INVALID; "{} invalid setting(s); first: {first}", errors.len());
-        return Err(Failure::permanent(
-            "settings-invalid",
+        return Err(Failure::with_fix(
+            Code::SettingsInvalid,
             format!("{} setting(s) invalid; first: {first}", errors.len()),
             errors
                 .first()
@@ -379,8 +377,8 @@ async fn dns_step(
         if outcome.report.status == DnsStatus::Ok || settings.dns_check == DnsCheck::Warn {
             break outcome;
         }
-        let failure = Failure::transient(
-            "dns-missing",
+        let failure = Failure::with_fix(
+            Code::DnsMissing,
             format!("waiting for DNS (dns-check = require): {}", outcome.summary),
             match outcome.records_to_create.as_slice() {
                 [] => "fix this server's name or DNS settings".to_string(),
@@ -528,13 +526,12 @@ async fn register_step(
     failpoint("after-register");
     let server = response.server;
     if server.state == TrustState::Rejected {
-        return Err(Failure::permanent(
-            "server-rejected",
+        return Err(Failure::new(
+            Code::ServerRejected,
             format!(
                 "an administrator rejected server {} on the primary",
                 server.server_id
             ),
-            "ask the administrator; to register again, remove the server on the primary and reprovision",
         ));
     }
     fsutil::write_atomic(

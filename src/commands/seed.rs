@@ -5,7 +5,7 @@
 use crate::cli::{SeedArgs, SeedCommand};
 use crate::disk;
 use crate::exit;
-use crate::problem::Problem;
+use crate::problem::{Code, Problem};
 use crate::root::Root;
 use crate::settings::{self, Collected, GWSEED_DEVICE, GWSEED_FILE, Key, RawValue, Source, seed};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -43,10 +43,10 @@ fn validate(text: &str) -> (bool, Vec<Problem>) {
     // Validated against an absent root: nothing of the host is read.
     let (_, mut problems) = settings::validate(&Root::new("/nonexistent"), &collected);
     // The image supplies the default key; a CA path is read on the appliance, not here.
-    problems.retain(|p| p.code != "api-key-missing");
+    problems.retain(|p| p.code != Code::ApiKeyMissing);
     let mut unverifiable = Vec::new();
     problems.retain(|p| {
-        let skip = p.code == "invalid-primary-ca" && p.message.starts_with("reading ");
+        let skip = p.code == Code::InvalidPrimaryCa && p.message.starts_with("reading ");
         if skip {
             unverifiable.push(p.subject.clone());
         }
@@ -54,7 +54,7 @@ fn validate(text: &str) -> (bool, Vec<Problem>) {
     });
     for subject in unverifiable {
         problems.push(Problem::warning(
-            "ca-path-unchecked",
+            Code::CaPathUnchecked,
             subject,
             "the CA file is read on the appliance; it was not checked here",
         ));

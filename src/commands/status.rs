@@ -16,7 +16,7 @@ pub const IN_PROGRESS: u8 = 4;
 
 fn verdict(state: &State) -> (u8, &'static str) {
     let failed = state.trust == Some(TrustState::Rejected)
-        || state.last_error.as_ref().is_some_and(|e| e.permanent);
+        || state.last_error.as_ref().is_some_and(|e| e.permanent());
     match state.phase {
         _ if failed => (FAILED, "failed"),
         Phase::Trusted if state.all_warnings().is_empty() => (TRUSTED, "trusted"),

@@ -9,7 +9,7 @@
 use super::{
     Entry, Key, Layer, Origin, PARAM_PREFIX, PROC_CMDLINE, RawValue, SEED_CREDENTIAL, Source,
 };
-use crate::problem::Problem;
+use crate::problem::{Code, Problem};
 
 /// One parameter: its name and, if it had `=`, its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,7 +117,7 @@ pub fn parse(cmdline: &[u8]) -> (Layer, Vec<Problem>) {
             });
             problems.push(
                 Problem::error(
-                    "unknown-parameter",
+                    Code::UnknownParameter,
                     format!("{PARAM_PREFIX}{name} on {PROC_CMDLINE}"),
                     "unknown parameter",
                 )
@@ -127,10 +127,9 @@ pub fn parse(cmdline: &[u8]) -> (Layer, Vec<Problem>) {
         };
         let Some(value) = param.value else {
             problems.push(
-                Problem::error("missing-value", origin.subject(key), "has no value").fix(format!(
-                    "write it as {PARAM_PREFIX}{}=VALUE",
-                    key.param_name()
-                )),
+                Problem::error(Code::MissingValue, origin.subject(key), "has no value").fix(
+                    format!("write it as {PARAM_PREFIX}{}=VALUE", key.param_name()),
+                ),
             );
             continue;
         };
@@ -148,7 +147,7 @@ pub fn parse(cmdline: &[u8]) -> (Layer, Vec<Problem>) {
 
 fn secret_on_cmdline(subject: String) -> Problem {
     Problem::warning(
-        "secret-on-cmdline",
+        Code::SecretOnCmdline,
         subject,
         "the API key is on the kernel command line, which every local user can read and the kernel prints at boot",
     )
@@ -273,7 +272,7 @@ mod tests {
     #[test]
     fn reports_unknown_and_valueless_parameters() {
         let (_, problems) = parse(b"gateway.acount=x gateway.primary");
-        let codes: Vec<_> = problems.iter().map(|p| p.code).collect();
+        let codes: Vec<_> = problems.iter().map(|p| p.code.as_str()).collect();
         assert_eq!(codes, ["unknown-parameter", "missing-value"]);
         assert_eq!(
             problems[0].fix.as_deref(),
@@ -291,7 +290,7 @@ mod tests {
         ] {
             let (_, problems) = parse(cmdline.as_bytes());
             assert_eq!(problems.len(), 1, "{cmdline}");
-            assert_eq!(problems[0].code, "secret-on-cmdline");
+            assert_eq!(problems[0].code, Code::SecretOnCmdline);
             assert!(!problems[0].to_string().contains("abcdefabcdef"));
         }
         let (_, problems) =

@@ -8,7 +8,7 @@ use super::{
     BOOT_SEED, ETC_SEED, Entry, GWSEED_FILE, Key, Layer, PROC_CMDLINE, RawValue, Source,
     VENDOR_DEFAULTS, cmdline, credentials, seed,
 };
-use crate::problem::Problem;
+use crate::problem::{Code, Problem};
 use crate::root::Root;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
@@ -92,7 +92,7 @@ pub fn collect(root: &Root, inputs: Inputs) -> Collected {
             log::debug!("no {PROC_CMDLINE} under {}", root.dir().display());
         }
         Err(e) => problems.push(Problem::error(
-            "cmdline-unreadable",
+            Code::CmdlineUnreadable,
             PROC_CMDLINE,
             format!("reading: {e}"),
         )),
@@ -146,7 +146,7 @@ fn read_document(real: &Path, shown: &str, problems: &mut Vec<Problem>) -> Optio
         Err(e) => {
             problems.push(
                 Problem::error(
-                    "seed-unreadable",
+                    Code::SeedUnreadable,
                     shown,
                     format!("reading: {}", io_reason(&e)),
                 )
@@ -162,7 +162,7 @@ fn decode(bytes: Vec<u8>, shown: &str, problems: &mut Vec<Problem>) -> Option<St
     if bytes.len() > seed::MAX_SEED_BYTES {
         problems.push(
             Problem::error(
-                "seed-too-large",
+                Code::SeedTooLarge,
                 shown,
                 format!("larger than {} bytes", seed::MAX_SEED_BYTES),
             )
@@ -175,7 +175,7 @@ fn decode(bytes: Vec<u8>, shown: &str, problems: &mut Vec<Problem>) -> Option<St
         Err(e) => {
             problems.push(
                 Problem::error(
-                    "seed-not-text",
+                    Code::SeedNotText,
                     shown,
                     format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
                 )
@@ -205,7 +205,7 @@ fn read_seed_file(root: &Root, path: &str, problems: &mut Vec<Problem>) -> Optio
     {
         problems.push(
             Problem::warning(
-                "seed-readable",
+                Code::SeedReadable,
                 path,
                 format!(
                     "holds the API key (line {}) but is readable by other users (mode {mode:04o})",
@@ -275,7 +275,7 @@ fn disagreements(layers: &[Layer]) -> Vec<Problem> {
             format!("the seed files disagree on {key}: {}", places.join(", "))
         };
         problems.push(
-            Problem::warning("seeds-disagree", key.name(), message).fix(format!(
+            Problem::warning(Code::SeedsDisagree, key.name(), message).fix(format!(
                 "{} wins; remove the stale value from the others",
                 first.origin.describe()
             )),

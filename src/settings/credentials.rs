@@ -4,7 +4,7 @@
 //! `$CREDENTIALS_DIRECTORY`.
 
 use super::{Entry, Key, Layer, Origin, PARAM_PREFIX, RawValue, SEED_CREDENTIAL, Source, seed};
-use crate::problem::Problem;
+use crate::problem::{Code, Problem};
 use std::path::Path;
 
 /// Reads the credentials in `dir` (a real path). Returns the per-setting layer and, if there is
@@ -19,7 +19,7 @@ pub fn read_dir(dir: &Path, shown_as: &str) -> (Layer, Option<Layer>, Vec<Proble
         Err(e) => {
             problems.push(
                 Problem::error(
-                    "credentials-unreadable",
+                    Code::CredentialsUnreadable,
                     shown_as,
                     format!("reading credentials directory: {e}"),
                 )
@@ -39,7 +39,7 @@ pub fn read_dir(dir: &Path, shown_as: &str) -> (Layer, Option<Layer>, Vec<Proble
             Ok(b) => b,
             Err(e) => {
                 problems.push(Problem::error(
-                    "credential-unreadable",
+                    Code::CredentialUnreadable,
                     format!("credential {name}"),
                     format!("reading credential: {e}"),
                 ));
@@ -77,7 +77,7 @@ pub fn parse(name: &str, content: &[u8]) -> (Option<Entry>, Option<Layer>, Vec<P
     let source = Source::Credential(name.to_string());
     let subject = format!("credential {name}");
     let Ok(text) = std::str::from_utf8(content) else {
-        let problem = Problem::error("credential-not-text", subject, "is not UTF-8 text")
+        let problem = Problem::error(Code::CredentialNotText, subject, "is not UTF-8 text")
             .fix("store the value as plain text (systemd-creds encrypt keeps it that way once decrypted)");
         return (None, None, vec![problem]);
     };
@@ -91,7 +91,7 @@ pub fn parse(name: &str, content: &[u8]) -> (Option<Entry>, Option<Layer>, Vec<P
             format!("remove it; known names are {SEED_CREDENTIAL} and the gateway.* parameters in docs/seed.md")
         });
         let problem =
-            Problem::error("unknown-credential", subject, "unknown credential name").fix(fix);
+            Problem::error(Code::UnknownCredential, subject, "unknown credential name").fix(fix);
         return (None, None, vec![problem]);
     };
     let entry = Entry {
@@ -137,12 +137,12 @@ mod tests {
     #[test]
     fn bad_credentials_are_named() {
         let (_, _, problems) = parse("gateway.acount", b"x");
-        assert_eq!(problems[0].code, "unknown-credential");
+        assert_eq!(problems[0].code, Code::UnknownCredential);
         assert_eq!(
             problems[0].fix.as_deref(),
             Some("did you mean gateway.account?")
         );
         let (_, _, problems) = parse("gateway.primary", b"\xff\xfe");
-        assert_eq!(problems[0].code, "credential-not-text");
+        assert_eq!(problems[0].code, Code::CredentialNotText);
     }
 }

@@ -11,7 +11,7 @@
 
 use super::{GWSEED_DEVICE, GWSEED_FILE, GWSEED_LABEL, seed};
 use crate::blockdev;
-use crate::problem::Problem;
+use crate::problem::{Code, Problem};
 use crate::root::Root;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -284,7 +284,7 @@ pub(crate) fn candidates(root: &Root, problems: &mut Vec<Problem>) -> Vec<Candid
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => {
             problems.push(Problem::error(
-                "gwseed-unreadable",
+                Code::GwseedUnreadable,
                 GWSEED_DEVICE,
                 format!("resolving: {}", super::collect::io_reason(&e)),
             ));
@@ -498,7 +498,7 @@ pub(crate) fn decide(seen: Vec<(Candidate, Outcome)>) -> Decision {
         let devices: Vec<&str> = first.iter().map(|s| s.found.device.as_str()).collect();
         decision.problems.push(
             Problem::error(
-                "gwseed-ambiguous",
+                Code::GwseedAmbiguous,
                 GWSEED_LABEL,
                 format!(
                     "{} hold different {GWSEED_FILE} files: which one to use is not clear",
@@ -514,7 +514,7 @@ pub(crate) fn decide(seen: Vec<(Candidate, Outcome)>) -> Decision {
         let device = &copy.found.device;
         decision.problems.push(
             Problem::warning(
-                "gwseed-copy",
+                Code::GwseedCopy,
                 device.as_str(),
                 format!(
                     "holds the same {GWSEED_FILE} as {used}, which is the one used: the API key \
@@ -546,7 +546,7 @@ pub(crate) fn decide(seen: Vec<(Candidate, Outcome)>) -> Decision {
 
 fn unreadable(device: &str, e: &io::Error) -> Problem {
     Problem::error(
-        "gwseed-unreadable",
+        Code::GwseedUnreadable,
         device,
         format!("reading {GWSEED_FILE}: {}", super::collect::io_reason(e)),
     )
@@ -736,7 +736,7 @@ pub(crate) mod tests {
     }
 
     fn codes(d: &Decision) -> Vec<&str> {
-        d.problems.iter().map(|p| p.code).collect()
+        d.problems.iter().map(|p| p.code.as_str()).collect()
     }
 
     #[test]

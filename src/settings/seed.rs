@@ -5,7 +5,7 @@
 //! and no parser message can quote the API key back.
 
 use super::{Entry, Key, Kind, Layer, Origin, RawValue, Source};
-use crate::problem::{Problem, closest};
+use crate::problem::{Code, Problem, closest};
 use crate::secret::Secret;
 use toml::de::{DeTable, DeValue};
 
@@ -71,7 +71,7 @@ pub fn parse(text: &str, source: Source) -> (Layer, Vec<Problem>) {
         };
         problems.push(
             Problem::error(
-                "seed-syntax",
+                Code::SeedSyntax,
                 origin.describe(),
                 format!("not valid TOML: {}", error.message().trim()),
             )
@@ -112,7 +112,7 @@ fn unknown_key(name: &str, origin: &Origin) -> Problem {
     };
     // A section header (`[gateway]`) shows up here as a table-valued key.
     Problem::error(
-        "unknown-key",
+        Code::UnknownKey,
         origin.describe(),
         format!("unknown key \"{}\"", name.escape_debug()),
     )

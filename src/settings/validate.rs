@@ -3,7 +3,7 @@
 //! unrepresentable: the rest of the agent only sees `Settings`.
 
 use super::{Collected, Entry, Key, RawValue, Source, VENDOR_DEFAULTS};
-use crate::problem::Problem;
+use crate::problem::{Code, Problem};
 use crate::root::Root;
 use crate::secret::Secret;
 use rustls_pki_types::CertificateDer;
@@ -181,20 +181,12 @@ fn required<T>(key: Key, value: Option<Option<T>>, problems: &mut Vec<Problem>) 
 }
 
 fn missing(key: Key) -> Problem {
-    Problem::error(format_code_missing(key), key.name(), "is not set").fix(format!(
+    Problem::error(Code::missing(key), key.name(), "is not set").fix(format!(
         "give gateway.{}= on the kernel command line, {} in a seed file (/etc/gateway/seed.toml), or {}",
         key.param_name(),
         key.name(),
         key.flag()
     ))
-}
-
-fn format_code_missing(key: Key) -> &'static str {
-    match key {
-        Key::Primary => "primary-missing",
-        Key::Account => "account-missing",
-        _ => "setting-missing",
-    }
 }
 
 struct Validator<'a> {
@@ -223,7 +215,7 @@ impl Validator<'_> {
             Ok(v) => Some(v),
             Err(Invalid { message, fix }) => {
                 self.problems
-                    .push(Problem::error(code_for(key), entry.subject(), message).fix(fix));
+                    .push(Problem::error(Code::invalid(key), entry.subject(), message).fix(fix));
                 None
             }
         })
@@ -232,7 +224,7 @@ impl Validator<'_> {
     fn api_key(&mut self) -> Option<(Secret, bool)> {
         let no_default = || {
             Problem::error(
-                "api-key-missing",
+                Code::ApiKeyMissing,
                 "api-key",
                 format!("is blank or not set, and this image has no default restricted key in {VENDOR_DEFAULTS}"),
             )
@@ -252,34 +244,19 @@ impl Validator<'_> {
             other => {
                 let message = format!("expected a string, found {}", other.type_name());
                 self.problems
-                    .push(Problem::error("invalid-api-key", entry.subject(), message).fix(fix));
+                    .push(Problem::error(Code::InvalidApiKey, entry.subject(), message).fix(fix));
                 return None;
             }
         };
         if let Err(message) = check_api_key(key) {
             self.problems
-                .push(Problem::error("invalid-api-key", entry.subject(), message).fix(fix));
+                .push(Problem::error(Code::InvalidApiKey, entry.subject(), message).fix(fix));
             return None;
         }
         Some((
             key.clone(),
             matches!(entry.origin.source, Source::Default(_)),
         ))
-    }
-}
-
-fn code_for(key: Key) -> &'static str {
-    match key {
-        Key::Primary => "invalid-primary",
-        Key::Account => "invalid-account",
-        Key::ApiKey => "invalid-api-key",
-        Key::Hostname => "invalid-hostname",
-        Key::DnsCheck => "invalid-dns-check",
-        Key::Nameservers => "invalid-nameserver",
-        Key::PrimaryCa => "invalid-primary-ca",
-        Key::PrimaryCaSha256 => "invalid-primary-ca-sha256",
-        Key::ConnectTimeout | Key::RequestTimeout | Key::Deadline => "invalid-duration",
-        Key::InsecureHttp => "invalid-boolean",
     }
 }
 
