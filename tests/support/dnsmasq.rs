@@ -24,7 +24,7 @@ fn free_udp_port() -> u16 {
 impl Dnsmasq {
     /// Serves `records` (name → address, with the reverse PTR) on a new port.
     pub fn start(records: &[(&str, IpAddr)]) -> Dnsmasq {
-        Dnsmasq::spawn(free_udp_port(), records, &[])
+        Dnsmasq::spawn(records, &[])
     }
 
     /// Serves `records` as address records only: no reverse (PTR) record.
@@ -33,7 +33,7 @@ impl Dnsmasq {
             .iter()
             .map(|(name, ip)| format!("--address=/{name}/{ip}"))
             .collect();
-        Dnsmasq::spawn(free_udp_port(), &[], &args)
+        Dnsmasq::spawn(&[], &args)
     }
 
     /// Serves `records` from now on, in place of the ones before, on the same port (the
@@ -48,7 +48,7 @@ impl Dnsmasq {
         // Re-read once it answers for each name (a plain DNS query over UDP).
         let deadline = Instant::now() + Duration::from_secs(10);
         for (name, _) in records {
-            while !answers(self.port, name) {
+            while query(self.port, name).unwrap_or(0) == 0 {
                 assert!(
                     Instant::now() < deadline,
                     "dnsmasq did not reload its records"
@@ -58,46 +58,35 @@ impl Dnsmasq {
         }
     }
 
-    fn spawn(port: u16, records: &[(&str, IpAddr)], extra: &[String]) -> Dnsmasq {
+    /// Starts dnsmasq on a free port. The port is free when picked but another process (a
+    /// resolver's ephemeral socket in a parallel test) may take it before dnsmasq binds it:
+    /// dnsmasq then exits, and a new port is tried.
+    fn spawn(records: &[(&str, IpAddr)], extra: &[String]) -> Dnsmasq {
         let hosts = tempfile::NamedTempFile::new().expect("a hosts file for dnsmasq");
         write_hosts(&hosts, records);
-        let bin = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .expect("dnsmasq is missing: install dnsmasq-base (tests/setup does)");
-        let mut cmd = Command::new(bin);
-        cmd.args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--no-poll",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            "--user=root",
-            "--pid-file=",
-            "--log-facility=-",
-            &format!("--port={port}"),
-            &format!("--local=/{DOMAIN}/"),
-        ]);
-        cmd.arg(format!("--addn-hosts={}", hosts.path().display()));
-        cmd.args(extra);
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting dnsmasq");
-        // Ready once it holds the port.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            assert!(
-                Instant::now() < deadline,
-                "dnsmasq did not start listening on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        for _attempt in 0..5 {
+            let port = free_udp_port();
+            let mut child = dnsmasq_command(port, hosts.path(), extra)
+                .spawn()
+                .expect("starting dnsmasq");
+            // Ready once it answers a query (even NXDOMAIN); gone if it could not bind.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if query(port, DOMAIN).is_some() {
+                    return Dnsmasq { child, port, hosts };
+                }
+                if child.try_wait().expect("waiting for dnsmasq").is_some() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("dnsmasq did not answer on port {port} within 10 s");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
-        Dnsmasq { child, port, hosts }
+        panic!("dnsmasq exited at start five times (ports taken, or run it by hand to see why)")
     }
 
     pub fn addr(&self) -> String {
@@ -119,21 +108,55 @@ fn write_hosts(file: &tempfile::NamedTempFile, records: &[(&str, IpAddr)]) {
     std::fs::write(file.path(), text).expect("writing dnsmasq's hosts file");
 }
 
-/// Whether the server on `port` answers `name` (type A) with at least one record.
-fn answers(port: u16, name: &str) -> bool {
+fn dnsmasq_command(port: u16, hosts: &std::path::Path, extra: &[String]) -> Command {
+    let bin = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("dnsmasq is missing: install dnsmasq-base (tests/setup does)");
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--no-poll",
+        "--bind-interfaces",
+        "--listen-address=127.0.0.1",
+        "--user=root",
+        "--pid-file=",
+        "--log-facility=-",
+        &format!("--port={port}"),
+        &format!("--local=/{DOMAIN}/"),
+    ]);
+    cmd.arg(format!("--addn-hosts={}", hosts.display()));
+    cmd.args(extra);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
+/// Asks the server on `port` for `name` (type A, plain UDP): the number of answers, or
+/// `None` when nothing replied within half a second.
+fn query(port: u16, name: &str) -> Option<u16> {
     let mut query = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
     for label in name.split('.') {
         query.push(label.len() as u8);
         query.extend_from_slice(label.as_bytes());
     }
     query.extend_from_slice(&[0, 0, 1, 0, 1]);
-    let Ok(socket) = UdpSocket::bind("127.0.0.1:0") else {
-        return false;
-    };
-    let _ = socket.set_read_timeout(Some(Duration::from_millis(500)));
+    let socket = UdpSocket::bind("127.0.0.1:0").ok()?;
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
+    socket.send_to(&query, ("127.0.0.1", port)).ok()?;
     let mut reply = [0u8; 512];
-    socket.send_to(&query, ("127.0.0.1", port)).is_ok()
-        && matches!(socket.recv(&mut reply), Ok(n) if n >= 12 && u16::from_be_bytes([reply[6], reply[7]]) > 0)
+    match socket.recv(&mut reply) {
+        Ok(n) if n >= 12 && reply[..2] == query[..2] => {
+            Some(u16::from_be_bytes([reply[6], reply[7]]))
+        }
+        _ => None,
+    }
 }
 
 impl Drop for Dnsmasq {
