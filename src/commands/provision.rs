@@ -387,32 +387,36 @@ async fn dns_step(
     })
     .await?;
     outcome.record_in(state);
+    state.advance(root, Phase::DnsChecked)?;
+    announce_dns(state, progress, &outcome);
+    Ok(outcome.report)
+}
+
+/// Says what the DNS check found and which records to create or delete.
+fn announce_dns(state: &State, progress: &mut Progress, outcome: &dns::Outcome) {
     if outcome.report.status == DnsStatus::Ok {
-        state.advance(root, Phase::DnsChecked)?;
         progress.step(state, progress::MSG_DNS_OK, &outcome.summary);
         for record in &outcome.reverse_to_create {
             println!("gateway-firstboot: suggested reverse DNS record: {record}");
         }
-    } else {
-        state.advance(root, Phase::DnsChecked)?;
-        progress.step(
-            state,
-            progress::MSG_DNS_MISSING,
-            &format!("warning: {}", outcome.summary),
-        );
-        for record in &outcome.records_to_create {
-            crate::wrap::say(&format!(
-                "gateway-firstboot: create this DNS record: {record}"
-            ));
-        }
-        for record in &outcome.records_to_delete {
-            println!("gateway-firstboot: delete this DNS record: {record}");
-        }
-        for record in &outcome.reverse_to_create {
-            println!("gateway-firstboot: suggested reverse DNS record: {record}");
-        }
+        return;
     }
-    Ok(outcome.report)
+    progress.step(
+        state,
+        progress::MSG_DNS_MISSING,
+        &format!("warning: {}", outcome.summary),
+    );
+    for record in &outcome.records_to_create {
+        crate::wrap::say(&format!(
+            "gateway-firstboot: create this DNS record: {record}"
+        ));
+    }
+    for record in &outcome.records_to_delete {
+        println!("gateway-firstboot: delete this DNS record: {record}");
+    }
+    for record in &outcome.reverse_to_create {
+        println!("gateway-firstboot: suggested reverse DNS record: {record}");
+    }
 }
 
 async fn connect_step(
