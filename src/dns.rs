@@ -203,12 +203,99 @@ fn join(ips: &[IpAddr]) -> String {
         .join(", ")
 }
 
-/// Runs the check once.
+/// What the lookups for a name found: the facts the classifier decides on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Found {
+    /// The name's A and AAAA answers, sorted, each once.
+    pub resolved: Vec<IpAddr>,
+    /// Why a forward lookup failed, other than "no such name" or "no such record".
+    pub failure: Option<String>,
+    /// Each address looked up in reverse (see [`reverse_targets`]) and the names it resolves
+    /// back to (lowercase, no final dot; none when the lookup failed).
+    pub ptr: Vec<(IpAddr, Vec<String>)>,
+}
+
+/// Runs the check once: the lookups, then [`classify`].
 pub async fn check(
     resolver: Result<&TokioResolver, &str>,
     hostname: &str,
     fqdn: Option<&str>,
     own: &[IpAddr],
+) -> Outcome {
+    let found = match fqdn {
+        Some(fqdn) => lookup(resolver, fqdn, own).await,
+        None => Ok(Found::default()),
+    };
+    classify(hostname, fqdn, own, found)
+}
+
+/// Looks `fqdn` up (A, AAAA), then the addresses it should lead to in reverse (PTR). `Err`:
+/// why no lookup could run, as the line for people.
+async fn lookup(
+    resolver: Result<&TokioResolver, &str>,
+    fqdn: &str,
+    own: &[IpAddr],
+) -> Result<Found, String> {
+    let resolver = resolver.map_err(|why| format!("cannot check DNS for {fqdn}: {why}"))?;
+    let name = Name::from_ascii(format!("{fqdn}."))
+        .map_err(|e| format!("{fqdn} is not a DNS name: {e}"))?;
+    let mut found = Found::default();
+    for result in [
+        resolver.ipv4_lookup(name.clone()).await,
+        resolver.ipv6_lookup(name.clone()).await,
+    ] {
+        match result {
+            Ok(lookup) => {
+                found
+                    .resolved
+                    .extend(lookup.answers().iter().filter_map(|r| match &r.data {
+                        RData::A(a) => Some(IpAddr::V4(a.0)),
+                        RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                        _ => None,
+                    }))
+            }
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => {}
+            Err(e) => found.failure = Some(e.to_string()),
+        }
+    }
+    found.resolved.sort();
+    found.resolved.dedup();
+    for ip in reverse_targets(&found.resolved, own) {
+        let mut names = Vec::new();
+        if let Ok(ptr) = resolver.reverse_lookup(Name::from(ip)).await {
+            for r in ptr.answers() {
+                if let RData::PTR(p) = &r.data {
+                    names.push(p.0.to_string().trim_end_matches('.').to_ascii_lowercase());
+                }
+            }
+        }
+        found.ptr.push((ip, names));
+    }
+    Ok(found)
+}
+
+/// The addresses to look up in reverse: those of this server the name leads to, else the ones
+/// a record would name.
+pub fn reverse_targets(resolved: &[IpAddr], own: &[IpAddr]) -> Vec<IpAddr> {
+    let mine: Vec<IpAddr> = resolved
+        .iter()
+        .filter(|ip| own.contains(ip))
+        .copied()
+        .collect();
+    if mine.is_empty() {
+        record_addresses(own)
+    } else {
+        mine
+    }
+}
+
+/// Decides what the lookups mean for this server (`hostname`, `fqdn`, its addresses `own`)
+/// and what the operator should do. `found`: what the lookups found, or why none could run.
+pub fn classify(
+    hostname: &str,
+    fqdn: Option<&str>,
+    own: &[IpAddr],
+    found: Result<Found, String>,
 ) -> Outcome {
     let shown = fqdn.unwrap_or(hostname).to_string();
     let report = |status, resolved: Vec<IpAddr>, reverse: Vec<String>| DnsReport {
@@ -226,139 +313,113 @@ pub async fn check(
             ),
         );
     };
-    let resolver = match resolver {
-        Ok(r) => r,
-        Err(why) => {
-            return Outcome::new(
-                report(DnsStatus::Error, vec![], vec![]),
-                format!("cannot check DNS for {fqdn}: {why}"),
-            );
-        }
+    let found = match found {
+        Ok(found) => found,
+        Err(why) => return Outcome::new(report(DnsStatus::Error, vec![], vec![]), why),
     };
-    let name = match Name::from_ascii(format!("{fqdn}.")) {
-        Ok(n) => n,
-        Err(e) => {
-            return Outcome::new(
-                report(DnsStatus::Error, vec![], vec![]),
-                format!("{fqdn} is not a DNS name: {e}"),
-            );
-        }
-    };
-    let mut resolved = Vec::new();
-    let mut failure = None;
-    for result in [
-        resolver.ipv4_lookup(name.clone()).await,
-        resolver.ipv6_lookup(name.clone()).await,
-    ] {
-        match result {
-            Ok(lookup) => resolved.extend(lookup.answers().iter().filter_map(|r| match &r.data {
-                RData::A(a) => Some(IpAddr::V4(a.0)),
-                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-                _ => None,
-            })),
-            Err(e) if e.is_no_records_found() || e.is_nx_domain() => {}
-            Err(e) => failure = Some(e.to_string()),
-        }
-    }
-    resolved.sort();
-    resolved.dedup();
+    let (reverse, reverse_to_create) = reverse_names(fqdn, &found.ptr);
     let (mine, foreign): (Vec<IpAddr>, Vec<IpAddr>) =
-        resolved.iter().partition(|ip| own.contains(ip));
-    // Reverse lookups for the addresses the name should lead to: those it does, else the ones
-    // a record would name.
-    let targets = if mine.is_empty() {
-        record_addresses(own)
-    } else {
-        mine.clone()
-    };
-    let mut reverse = Vec::new();
-    let mut reverse_to_create = Vec::new();
-    for ip in &targets {
-        let mut names = Vec::new();
-        if let Ok(ptr) = resolver.reverse_lookup(Name::from(*ip)).await {
-            for r in ptr.answers() {
-                if let RData::PTR(p) = &r.data {
-                    names.push(p.0.to_string().trim_end_matches('.').to_ascii_lowercase());
-                }
-            }
+        found.resolved.iter().partition(|ip| own.contains(ip));
+    if found.resolved.is_empty() {
+        let mut outcome = match found.failure {
+            Some(why) => Outcome::new(
+                report(DnsStatus::Error, vec![], reverse),
+                format!("cannot check DNS for {fqdn}: {why}"),
+            ),
+            None => missing(report(DnsStatus::Missing, vec![], reverse), fqdn, own),
+        };
+        outcome.records_to_create = records_for(fqdn, own);
+        if outcome.report.status == DnsStatus::Missing {
+            outcome.reverse_to_create = reverse_to_create;
         }
-        if !names.iter().any(|n| n == &fqdn.to_ascii_lowercase()) {
-            reverse_to_create.push(reverse_record(fqdn, ip));
-        }
-        for n in names {
-            if !reverse.contains(&n) {
-                reverse.push(n);
-            }
-        }
+        return outcome;
     }
+    let status = if foreign.is_empty() {
+        DnsStatus::Ok
+    } else {
+        DnsStatus::Mismatch
+    };
     let rev = if reverse.is_empty() {
         "no reverse (PTR) record".to_string()
     } else {
         format!("reverse: {}", reverse.join(", "))
     };
-    if !mine.is_empty() && foreign.is_empty() {
-        let mut outcome = Outcome::new(
-            report(DnsStatus::Ok, resolved, reverse),
-            format!(
-                "DNS: {fqdn} resolves to this server ({}); {rev}",
-                join(&mine)
-            ),
+    let report = report(status, found.resolved.clone(), reverse);
+    let mut outcome = resolved(report, fqdn, own, &mine, &foreign, &rev);
+    outcome.reverse_to_create = reverse_to_create;
+    outcome
+}
+
+/// The names the reverse lookups found (each once) and the PTR records to suggest: one for
+/// each address that does not resolve back to `fqdn`.
+fn reverse_names(fqdn: &str, ptr: &[(IpAddr, Vec<String>)]) -> (Vec<String>, Vec<String>) {
+    let mut reverse: Vec<String> = Vec::new();
+    let mut to_create = Vec::new();
+    for (ip, names) in ptr {
+        if !names.iter().any(|n| n == &fqdn.to_ascii_lowercase()) {
+            to_create.push(reverse_record(fqdn, ip));
+        }
+        for n in names {
+            if !reverse.contains(n) {
+                reverse.push(n.clone());
+            }
+        }
+    }
+    (reverse, to_create)
+}
+
+/// The name resolves to nothing.
+fn missing(report: DnsReport, fqdn: &str, own: &[IpAddr]) -> Outcome {
+    Outcome::new(
+        report,
+        format!(
+            "DNS has no record for {fqdn}; print clients and terminals cannot find this server. Create: {}",
+            records_for(fqdn, own).join("; ")
+        ),
+    )
+}
+
+/// The name resolves: to this server only (`rev`: what the reverse lookups found), to this
+/// server and another machine, or only elsewhere.
+fn resolved(
+    report: DnsReport,
+    fqdn: &str,
+    own: &[IpAddr],
+    mine: &[IpAddr],
+    foreign: &[IpAddr],
+    rev: &str,
+) -> Outcome {
+    let delete: Vec<String> = foreign.iter().map(|ip| record(fqdn, ip)).collect();
+    if foreign.is_empty() {
+        let summary = format!(
+            "DNS: {fqdn} resolves to this server ({}); {rev}",
+            join(mine)
         );
-        outcome.reverse_to_create = reverse_to_create;
-        return outcome;
+        return Outcome::new(report, summary);
     }
     if !mine.is_empty() {
         // This server and another machine: a stale entry of a round robin, a copied record.
-        let delete: Vec<String> = foreign.iter().map(|ip| record(fqdn, ip)).collect();
-        let mut outcome = Outcome::new(
-            report(DnsStatus::Mismatch, resolved, reverse),
-            format!(
-                "DNS has {fqdn} pointing at this server ({}) and also at {}, which is not this \
-                 server: some print clients and terminals reach the other machine. Delete: {}",
-                join(&mine),
-                join(&foreign),
-                delete.join("; ")
-            ),
+        let summary = format!(
+            "DNS has {fqdn} pointing at this server ({}) and also at {}, which is not this \
+             server: some print clients and terminals reach the other machine. Delete: {}",
+            join(mine),
+            join(foreign),
+            delete.join("; ")
         );
+        let mut outcome = Outcome::new(report, summary);
         outcome.records_to_delete = delete;
-        outcome.reverse_to_create = reverse_to_create;
-        return outcome;
-    }
-    if resolved.is_empty() {
-        if let Some(why) = failure {
-            let mut outcome = Outcome::new(
-                report(DnsStatus::Error, vec![], reverse),
-                format!("cannot check DNS for {fqdn}: {why}"),
-            );
-            outcome.records_to_create = records_for(fqdn, own);
-            return outcome;
-        }
-        let records = records_for(fqdn, own);
-        let mut outcome = Outcome::new(
-            report(DnsStatus::Missing, vec![], reverse),
-            format!(
-                "DNS has no record for {fqdn}; print clients and terminals cannot find this server. Create: {}",
-                records.join("; ")
-            ),
-        );
-        outcome.records_to_create = records;
-        outcome.reverse_to_create = reverse_to_create;
         return outcome;
     }
     let records = records_for(fqdn, own);
-    let delete: Vec<String> = foreign.iter().map(|ip| record(fqdn, ip)).collect();
-    let mut outcome = Outcome::new(
-        report(DnsStatus::Mismatch, resolved, reverse),
-        format!(
-            "DNS has {fqdn} pointing at {}, not at this server ({}). Change it to: {}",
-            join(&foreign),
-            join(own),
-            records.join("; ")
-        ),
+    let summary = format!(
+        "DNS has {fqdn} pointing at {}, not at this server ({}). Change it to: {}",
+        join(foreign),
+        join(own),
+        records.join("; ")
     );
+    let mut outcome = Outcome::new(report, summary);
     outcome.records_to_create = records;
     outcome.records_to_delete = delete;
-    outcome.reverse_to_create = reverse_to_create;
     outcome
 }
 
@@ -478,5 +539,182 @@ mod tests {
         let root = Root::new(dir.path());
         let err = resolver(&root, &[]).err().unwrap();
         assert!(err.contains("reading /etc/resolv.conf"), "{err}");
+    }
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    const FQDN: &str = "gw01.acme.lan";
+
+    /// This server: one address of each family.
+    fn own() -> Vec<IpAddr> {
+        ips(&["192.0.2.10", "2001:db8::10"])
+    }
+
+    /// Found `resolved`; each reverse target resolves back to `ptr`.
+    fn found(resolved: &[&str], ptr: &[&str]) -> Found {
+        let resolved = ips(resolved);
+        let names: Vec<String> = ptr.iter().map(|s| s.to_string()).collect();
+        Found {
+            ptr: reverse_targets(&resolved, &own())
+                .into_iter()
+                .map(|ip| (ip, names.clone()))
+                .collect(),
+            resolved,
+            failure: None,
+        }
+    }
+
+    fn classify_found(found: Found) -> Outcome {
+        classify("gw01", Some(FQDN), &own(), Ok(found))
+    }
+
+    #[test]
+    fn ok_when_the_name_leads_here_and_back() {
+        let o = classify_found(found(&["192.0.2.10"], &["gw01.acme.lan"]));
+        assert_eq!(o.report.status, DnsStatus::Ok);
+        assert!(o.settled());
+        assert_eq!(o.report.resolved, ips(&["192.0.2.10"]));
+        assert_eq!(o.report.reverse, ["gw01.acme.lan"]);
+        assert_eq!(
+            o.summary,
+            "DNS: gw01.acme.lan resolves to this server (192.0.2.10); reverse: gw01.acme.lan"
+        );
+        assert!(o.records_to_create.is_empty() && o.records_to_delete.is_empty());
+        assert!(o.reverse_to_create.is_empty(), "{:?}", o.reverse_to_create);
+    }
+
+    #[test]
+    fn ok_with_a_suggested_ptr_when_the_address_does_not_lead_back() {
+        let o = classify_found(found(&["192.0.2.10"], &["dhcp-10.acme.lan"]));
+        assert_eq!(o.report.status, DnsStatus::Ok);
+        assert!(
+            o.summary.ends_with("reverse: dhcp-10.acme.lan"),
+            "{}",
+            o.summary
+        );
+        assert_eq!(
+            o.reverse_to_create,
+            ["10.2.0.192.in-addr.arpa. IN PTR gw01.acme.lan."]
+        );
+        let o = classify_found(found(&["192.0.2.10"], &[]));
+        assert!(
+            o.summary.ends_with("no reverse (PTR) record"),
+            "{}",
+            o.summary
+        );
+        assert_eq!(o.reverse_to_create.len(), 1);
+        assert!(o.records_to_create.is_empty() && o.records_to_delete.is_empty());
+    }
+
+    #[test]
+    fn missing_asks_for_one_record_of_each_family() {
+        let o = classify_found(found(&[], &[]));
+        assert_eq!(o.report.status, DnsStatus::Missing);
+        assert!(!o.settled());
+        assert_eq!(
+            o.records_to_create,
+            [
+                "gw01.acme.lan. IN A 192.0.2.10",
+                "gw01.acme.lan. IN AAAA 2001:db8::10"
+            ]
+        );
+        assert!(
+            o.summary.starts_with("DNS has no record for gw01.acme.lan"),
+            "{}",
+            o.summary
+        );
+        assert!(o.records_to_delete.is_empty());
+        // Reverse lookups ran for the addresses a record would name.
+        assert_eq!(o.reverse_to_create.len(), 2);
+    }
+
+    #[test]
+    fn pointing_elsewhere_asks_to_change_the_record() {
+        let o = classify_found(found(&["198.51.100.7"], &[]));
+        assert_eq!(o.report.status, DnsStatus::Mismatch);
+        assert_eq!(o.report.resolved, ips(&["198.51.100.7"]));
+        assert_eq!(o.records_to_delete, ["gw01.acme.lan. IN A 198.51.100.7"]);
+        assert_eq!(o.records_to_create.len(), 2);
+        assert!(
+            o.summary
+                .starts_with("DNS has gw01.acme.lan pointing at 198.51.100.7, not at this server"),
+            "{}",
+            o.summary
+        );
+    }
+
+    #[test]
+    fn this_server_and_a_foreign_address_asks_to_delete_the_foreign_record() {
+        let o = classify_found(found(&["192.0.2.10", "198.51.100.7"], &["gw01.acme.lan"]));
+        assert_eq!(o.report.status, DnsStatus::Mismatch);
+        assert!(!o.settled());
+        assert_eq!(o.records_to_delete, ["gw01.acme.lan. IN A 198.51.100.7"]);
+        assert!(o.records_to_create.is_empty(), "{:?}", o.records_to_create);
+        assert!(o.reverse_to_create.is_empty());
+        assert!(
+            o.summary
+                .contains("this server (192.0.2.10) and also at 198.51.100.7"),
+            "{}",
+            o.summary
+        );
+    }
+
+    #[test]
+    fn no_domain_means_no_record_can_name_the_server() {
+        let o = classify("gw01", None, &own(), Ok(Found::default()));
+        assert_eq!(o.report.status, DnsStatus::Missing);
+        assert_eq!(o.report.fqdn, "gw01");
+        assert!(
+            o.summary.contains("(gw01) has no domain name"),
+            "{}",
+            o.summary
+        );
+        assert!(o.records_to_create.is_empty() && o.reverse_to_create.is_empty());
+    }
+
+    #[test]
+    fn resolver_errors_are_errors_not_a_missing_record() {
+        let o = classify(
+            "gw01",
+            Some(FQDN),
+            &own(),
+            Err("cannot check DNS for gw01.acme.lan: no DNS server".into()),
+        );
+        assert_eq!(o.report.status, DnsStatus::Error);
+        assert_eq!(
+            o.summary,
+            "cannot check DNS for gw01.acme.lan: no DNS server"
+        );
+        assert!(o.records_to_create.is_empty());
+        // A lookup that failed with nothing resolved: an error, and the records to make.
+        let mut f = found(&[], &[]);
+        f.failure = Some("request timed out".into());
+        let o = classify_found(f);
+        assert_eq!(o.report.status, DnsStatus::Error);
+        assert_eq!(
+            o.summary,
+            "cannot check DNS for gw01.acme.lan: request timed out"
+        );
+        assert_eq!(o.records_to_create.len(), 2);
+        assert!(o.reverse_to_create.is_empty());
+        // A failed AAAA lookup does not hide an A record that leads here.
+        let mut f = found(&["192.0.2.10"], &["gw01.acme.lan"]);
+        f.failure = Some("request timed out".into());
+        assert_eq!(classify_found(f).report.status, DnsStatus::Ok);
+    }
+
+    #[test]
+    fn reverse_lookups_go_to_the_addresses_the_name_should_lead_to() {
+        let own = ips(&["192.0.2.10", "192.0.2.11", "2001:db8::10"]);
+        assert_eq!(
+            reverse_targets(&ips(&["192.0.2.11", "198.51.100.7"]), &own),
+            ips(&["192.0.2.11"])
+        );
+        assert_eq!(
+            reverse_targets(&ips(&["198.51.100.7"]), &own),
+            ips(&["192.0.2.10", "2001:db8::10"])
+        );
     }
 }

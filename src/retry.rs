@@ -1,8 +1,13 @@
 //! Retrying transient failures: exponential backoff with full jitter, the primary's
-//! `Retry-After` honoured, an overall deadline.
+//! `Retry-After` honoured, an overall deadline; and [`retry`], the one loop every step that
+//! waits for something (DNS, the primary, an administrator) runs.
 
 use crate::failure::{Code, Failure};
-use std::time::{Duration, Instant};
+use crate::progress::Progress;
+use crate::state::State;
+use std::time::Duration;
+// Tokio's clock: the same as the system's, except in tests, which pause and advance it.
+use tokio::time::Instant;
 
 pub struct Backoff {
     base: Duration,
@@ -66,6 +71,56 @@ impl Backoff {
     }
 }
 
+/// How a retry loop reports the failures it waits out.
+#[derive(Clone, Copy)]
+pub struct Report<'a> {
+    /// How long an attempt itself may take: systemd's start timeout is extended by the wait
+    /// plus this.
+    pub attempt_time: Duration,
+    /// Failures that are the expected wait, not an error (an administrator has not clicked
+    /// Authorize yet): neither recorded as the last error nor announced; only the timeout is
+    /// extended.
+    pub quiet: &'a dyn Fn(&Failure) -> bool,
+}
+
+impl Report<'_> {
+    /// Every failure is announced and recorded.
+    pub fn loud(attempt_time: Duration) -> Report<'static> {
+        Report {
+            attempt_time,
+            quiet: &|_| false,
+        }
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails permanently, or `backoff` gives up (its deadline).
+/// After each transient failure: the wait from `backoff`, the failure recorded as the state's
+/// last error and announced (console, journal, `STATUS=`, status.json) unless `report` calls
+/// it quiet, systemd's start timeout extended, then the sleep. `attempt` gets the state and
+/// the progress to record what it found (the DNS step's records) or to refresh the console.
+pub async fn retry<T>(
+    backoff: &mut Backoff,
+    state: &mut State,
+    progress: &mut Progress,
+    report: Report<'_>,
+    mut attempt: impl AsyncFnMut(&mut State, &mut Progress) -> Result<T, Failure>,
+) -> Result<T, Failure> {
+    loop {
+        let failure = match attempt(state, progress).await {
+            Ok(done) => return Ok(done),
+            Err(failure) => failure,
+        };
+        let wait = backoff.next(failure.clone())?;
+        if (report.quiet)(&failure) {
+            Progress::extend(wait + report.attempt_time);
+        } else {
+            state.last_error = Some(failure.clone());
+            progress.retrying(state, &failure, backoff.attempt, wait, report.attempt_time);
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +167,160 @@ mod tests {
             "{}",
             end.message
         );
+    }
+}
+
+#[cfg(test)]
+mod driver_tests {
+    use super::*;
+    use crate::root::Root;
+
+    const BASE: Duration = Duration::from_secs(1);
+    const CAP: Duration = Duration::from_secs(60);
+
+    struct Run {
+        /// When each attempt started, from the start of the loop.
+        starts: Vec<Duration>,
+        result: Result<u32, Failure>,
+        state: State,
+    }
+
+    /// Runs the driver over `outcomes`, one per attempt (the last repeats).
+    async fn run(
+        backoff: &mut Backoff,
+        quiet: &dyn Fn(&Failure) -> bool,
+        outcomes: Vec<Result<u32, Failure>>,
+    ) -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        let mut progress = Progress::new(&root);
+        let mut state = State::default();
+        let start = Instant::now();
+        let mut starts = Vec::new();
+        let report = Report {
+            attempt_time: Duration::ZERO,
+            quiet,
+        };
+        let result = retry(backoff, &mut state, &mut progress, report, async |_, _| {
+            let n = starts.len().min(outcomes.len() - 1);
+            starts.push(start.elapsed());
+            outcomes[n].clone()
+        })
+        .await;
+        Run {
+            starts,
+            result,
+            state,
+        }
+    }
+
+    fn transient(code: Code) -> Failure {
+        assert!(!code.permanent(), "{code}");
+        Failure::with_fix(code, format!("{code} happened"), "wait")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_are_full_jitter_below_the_doubling_ceiling() {
+        let mut backoff = Backoff::new(BASE, CAP, None);
+        let mut outcomes: Vec<_> = (0..12)
+            .map(|_| Err(transient(Code::PrimaryRefused)))
+            .collect();
+        outcomes.push(Ok(7));
+        let run = run(&mut backoff, &|_| false, outcomes).await;
+        assert_eq!(run.result, Ok(7));
+        assert_eq!(run.starts.len(), 13);
+        let waits: Vec<Duration> = run.starts.windows(2).map(|w| w[1] - w[0]).collect();
+        for (n, wait) in waits.iter().enumerate() {
+            let ceiling = (BASE * 2u32.pow(n as u32 + 1)).min(CAP);
+            assert!(*wait <= ceiling, "wait {n}: {wait:?} over {ceiling:?}");
+        }
+        // Full jitter, not a fixed schedule: the waits are not all at their ceilings.
+        let at_ceiling = waits
+            .iter()
+            .enumerate()
+            .filter(|(n, w)| **w == (BASE * 2u32.pow(*n as u32 + 1)).min(CAP))
+            .count();
+        assert!(at_ceiling < waits.len(), "{waits:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_honoured() {
+        let mut backoff = Backoff::new(BASE, CAP, None);
+        let mut busy = transient(Code::RateLimited);
+        busy.retry_after = Some(Duration::from_secs(40));
+        let run = run(&mut backoff, &|_| false, vec![Err(busy), Ok(1)]).await;
+        assert_eq!(run.result, Ok(1));
+        let wait = run.starts[1] - run.starts[0];
+        // As asked plus at most a second of jitter; never the 2 s the backoff alone would allow.
+        assert!(
+            wait >= Duration::from_secs(40) && wait <= Duration::from_secs(41),
+            "{wait:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_gives_up_with_the_last_failure() {
+        let mut backoff = Backoff::new(BASE, CAP, Some(Duration::from_secs(120)));
+        let outcomes = vec![
+            Err(transient(Code::DnsMissing)),
+            Err(transient(Code::PrimaryRefused)),
+        ];
+        let run = run(&mut backoff, &|_| false, outcomes).await;
+        let end = run.result.unwrap_err();
+        assert_eq!(end.code, Code::Deadline);
+        assert!(end.permanent());
+        assert!(end.message.starts_with("gave up after "), "{}", end.message);
+        assert!(
+            end.message
+                .ends_with("primary-refused happened [primary-refused]"),
+            "{}",
+            end.message
+        );
+        assert_eq!(end.fix, "wait");
+        // Never past the deadline.
+        assert!(
+            *run.starts.last().unwrap() < Duration::from_secs(120),
+            "{:?}",
+            run.starts
+        );
+        assert!(run.starts.len() >= 3, "{:?}", run.starts);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_failure_waited_out_is_the_last_error() {
+        let mut backoff = Backoff::new(BASE, CAP, None);
+        let outcomes = vec![
+            Err(transient(Code::DnsMissing)),
+            Err(transient(Code::PrimaryRefused)),
+            Ok(3),
+        ];
+        let run = run(&mut backoff, &|_| false, outcomes).await;
+        assert_eq!(run.result, Ok(3));
+        assert_eq!(run.state.last_error, Some(transient(Code::PrimaryRefused)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quiet_failures_are_waited_out_but_not_recorded() {
+        let mut backoff = Backoff::new(BASE, CAP, None);
+        let quiet = |f: &Failure| f.code == Code::NotTrusted;
+        let outcomes = vec![
+            Err(transient(Code::PrimaryRefused)),
+            Err(transient(Code::NotTrusted)),
+            Ok(0),
+        ];
+        let run = run(&mut backoff, &quiet, outcomes).await;
+        assert_eq!(run.result, Ok(0));
+        assert_eq!(run.starts.len(), 3);
+        assert_eq!(run.state.last_error, Some(transient(Code::PrimaryRefused)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_failure_stops_at_once() {
+        let mut backoff = Backoff::new(BASE, CAP, None);
+        let rejected = Failure::with_fix(Code::KeyRejected, "the key was rejected", "use another");
+        let run = run(&mut backoff, &|_| false, vec![Err(rejected.clone()), Ok(1)]).await;
+        assert_eq!(run.result, Err(rejected));
+        assert_eq!(run.starts, [Duration::ZERO]);
+        assert_eq!(run.state.last_error, None);
     }
 }

@@ -8,8 +8,8 @@ use crate::fsutil;
 use crate::identity::{ACCOUNT_CA_FILE, CERT_FILE, Identity};
 use crate::primary::{ClientIdentity, Endpoint, Primary};
 use crate::progress::{self, Progress};
-use crate::protocol::{TrustState, short_fingerprint};
-use crate::retry::Backoff;
+use crate::protocol::{SecureHello, ServerRecord, TrustState, short_fingerprint};
+use crate::retry::{Backoff, Report, retry};
 use crate::root::Root;
 use crate::secret::Secret;
 use crate::state::{Phase, State, TOKEN_FILE, TRUSTED_MARKER};
@@ -61,105 +61,21 @@ async fn wait(
         return Ok(());
     }
     let identity = Identity::load_or_create(root)?;
-    let short = short_fingerprint(&identity.fingerprint);
-    let extra = endpoint.connect_timeout + endpoint.request_timeout * 2;
-
+    let server = Server {
+        root,
+        endpoint: &endpoint,
+        account: &account,
+        id: &id,
+        url: &access.url,
+        poll_max: args.poll_max,
+        timeout: args.timeout,
+    };
     // When DNS was last checked: the check after trust is skipped if the wait just did it.
-    let mut dns_checked: Option<tokio::time::Instant> = None;
+    let mut dns_checked = None;
     if !(state.phase >= Phase::Trusted && root.path(CERT_FILE).exists()) {
-        let text = format!(
-            "waiting for an administrator to authorize server {id} on {} (account {account}); key fingerprint {short}",
-            access.url
-        );
-        progress.step(state, progress::MSG_AWAITING_TRUST, &text);
-        let waiting_line = format!(
-            "Gateway {id} waits for authorization: on the primary's web page, open Server information and click Authorize. Key fingerprint {short}."
-        );
-        refresh_dns(root, state).await;
-        progress.console(state, &waiting_line);
-        dns_checked = Some(tokio::time::Instant::now());
-        let mut backoff = Backoff::new(Duration::from_secs(1), args.poll_max, args.timeout);
-        let mut primary: Option<Primary> = None;
-        loop {
-            if dns_checked.is_some_and(|t| t.elapsed() >= DNS_RECHECK) {
-                dns_checked = Some(tokio::time::Instant::now());
-                if refresh_dns(root, state).await {
-                    progress.console(state, &waiting_line);
-                }
-            }
-            let attempt = async {
-                if primary.is_none() {
-                    primary = Some(Primary::connect(root, &endpoint, &account, None).await?);
-                }
-                let p = primary
-                    .as_ref()
-                    .ok_or_else(|| Failure::new(Code::Internal, "no client"))?;
-                p.server(&id, &token).await
-            };
-            let waiting = match attempt.await {
-                Ok(record) if record.state == TrustState::Trusted => break,
-                Ok(record) if record.state == TrustState::Rejected => {
-                    return Err(Failure::new(
-                        Code::ServerRejected,
-                        format!("an administrator rejected server {id} on the primary"),
-                    ));
-                }
-                Ok(_) => Failure::new(
-                    Code::NotTrusted,
-                    format!("not authorized yet (key {short})"),
-                ),
-                Err(f) => {
-                    primary = None;
-                    f
-                }
-            };
-            let wait = backoff.next(waiting.clone())?;
-            if waiting.code != Code::NotTrusted {
-                state.last_error = Some(waiting.clone());
-                progress.retrying(state, &waiting, backoff.attempt, wait, extra);
-            } else {
-                Progress::extend(wait + extra);
-            }
-            tokio::time::sleep(wait).await;
-        }
-        // The client that saw the authorization fetches the certificate too.
-        let p = match primary.take() {
-            Some(p) => p,
-            None => Primary::connect(root, &endpoint, &account, None).await?,
-        };
-        let bundle = p.certificate(&id, &token).await?;
-        fsutil::write_atomic(&root.path(ACCOUNT_CA_FILE), bundle.ca.as_bytes(), 0o644)
-            .map_err(|e| io(format!("writing {ACCOUNT_CA_FILE}"), e))?;
-        fsutil::write_atomic(&root.path(CERT_FILE), bundle.certificate.as_bytes(), 0o644)
-            .map_err(|e| io(format!("writing {CERT_FILE}"), e))?;
-        state.trust = Some(TrustState::Trusted);
-        state.save(root)?;
-        crate::commands::provision::failpoint("after-certificate");
+        dns_checked = Some(fetch_certificate(&server, &identity, &token, state, progress).await?);
     }
-
-    // Prove the secure connection: mutual TLS with the new certificate.
-    let client = ClientIdentity {
-        cert_pem: std::fs::read_to_string(root.path(CERT_FILE))
-            .map_err(|e| io(format!("reading {CERT_FILE}"), e))?,
-        key_pem: identity.key_pem(),
-    };
-    let mut backoff = Backoff::new(Duration::from_secs(1), args.poll_max, args.timeout);
-    let hello = loop {
-        let attempt = async {
-            Primary::connect(root, &endpoint, &account, Some(&client))
-                .await?
-                .secure_hello()
-                .await
-        };
-        match attempt.await {
-            Ok(h) => break h,
-            Err(f) => {
-                let wait = backoff.next(f.clone())?;
-                progress.retrying(state, &f, backoff.attempt, wait, extra);
-                tokio::time::sleep(wait).await;
-            }
-        }
-    };
+    let hello = prove(&server, &identity, state, progress).await?;
     state.trust = Some(TrustState::Trusted);
     state.advance(root, Phase::Trusted)?;
     fsutil::write_atomic(
@@ -176,12 +92,155 @@ async fn wait(
             access.url, hello.server_id, hello.at
         ),
     );
-    if dns_checked.is_none_or(|t| t.elapsed() >= DNS_RECHECK) {
+    if dns_checked.is_none_or(|t: tokio::time::Instant| t.elapsed() >= DNS_RECHECK) {
         refresh_dns(root, state).await;
     }
     progress.console(state, &trusted_line(&id, &access.url, &account));
     notify_gateway(root, args);
     Ok(())
+}
+
+/// The primary this server waits on, and how it polls.
+struct Server<'a> {
+    root: &'a Root,
+    endpoint: &'a Endpoint,
+    account: &'a str,
+    id: &'a str,
+    url: &'a str,
+    /// The longest wait between two polls.
+    poll_max: Duration,
+    /// How long each wait may last in all.
+    timeout: Option<Duration>,
+}
+
+impl Server<'_> {
+    /// A fresh backoff for each wait: its deadline counts from now.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(Duration::from_secs(1), self.poll_max, self.timeout)
+    }
+
+    /// Systemd's start timeout covers an attempt (a connection and two requests) beyond the
+    /// wait.
+    fn attempt_time(&self) -> Duration {
+        self.endpoint.connect_timeout + self.endpoint.request_timeout * 2
+    }
+}
+
+/// Waits until an administrator authorizes this server (the console says how, the DNS check
+/// runs again now and then), then stores its certificate and the account's CA. Returns when
+/// the DNS check last ran.
+async fn fetch_certificate(
+    server: &Server<'_>,
+    identity: &Identity,
+    token: &Secret,
+    state: &mut State,
+    progress: &mut Progress,
+) -> Result<tokio::time::Instant, Failure> {
+    let (root, id, account) = (server.root, server.id, server.account);
+    let short = short_fingerprint(&identity.fingerprint);
+    let text = format!(
+        "waiting for an administrator to authorize server {id} on {} (account {account}); key fingerprint {short}",
+        server.url
+    );
+    progress.step(state, progress::MSG_AWAITING_TRUST, &text);
+    let waiting_line = format!(
+        "Gateway {id} waits for authorization: on the primary's web page, open Server information and click Authorize. Key fingerprint {short}."
+    );
+    refresh_dns(root, state).await;
+    progress.console(state, &waiting_line);
+    let mut dns_checked = tokio::time::Instant::now();
+    let mut backoff = server.backoff();
+    let mut primary: Option<Primary> = None;
+    // Not authorized yet is the expected wait: polled quietly, not an error.
+    let report = Report {
+        attempt_time: server.attempt_time(),
+        quiet: &|f| f.code == Code::NotTrusted,
+    };
+    retry(
+        &mut backoff,
+        state,
+        progress,
+        report,
+        async |state, progress| {
+            if dns_checked.elapsed() >= DNS_RECHECK {
+                dns_checked = tokio::time::Instant::now();
+                if refresh_dns(root, state).await {
+                    progress.console(state, &waiting_line);
+                }
+            }
+            let record = poll(server, &mut primary, token).await?;
+            match record.state {
+                TrustState::Trusted => Ok(()),
+                TrustState::Rejected => Err(Failure::new(
+                    Code::ServerRejected,
+                    format!("an administrator rejected server {id} on the primary"),
+                )),
+                _ => Err(Failure::new(
+                    Code::NotTrusted,
+                    format!("not authorized yet (key {short})"),
+                )),
+            }
+        },
+    )
+    .await?;
+    // The client that saw the authorization fetches the certificate too.
+    let p = match primary.take() {
+        Some(p) => p,
+        None => Primary::connect(root, server.endpoint, account, None).await?,
+    };
+    let bundle = p.certificate(id, token).await?;
+    fsutil::write_atomic(&root.path(ACCOUNT_CA_FILE), bundle.ca.as_bytes(), 0o644)
+        .map_err(|e| io(format!("writing {ACCOUNT_CA_FILE}"), e))?;
+    fsutil::write_atomic(&root.path(CERT_FILE), bundle.certificate.as_bytes(), 0o644)
+        .map_err(|e| io(format!("writing {CERT_FILE}"), e))?;
+    state.trust = Some(TrustState::Trusted);
+    state.save(root)?;
+    crate::commands::provision::failpoint("after-certificate");
+    Ok(dns_checked)
+}
+
+/// Asks the primary for this server's record, through the client kept in `primary` (made
+/// when there is none; dropped after a failure, so the next poll connects afresh).
+async fn poll(
+    server: &Server<'_>,
+    primary: &mut Option<Primary>,
+    token: &Secret,
+) -> Result<ServerRecord, Failure> {
+    if primary.is_none() {
+        *primary =
+            Some(Primary::connect(server.root, server.endpoint, server.account, None).await?);
+    }
+    let p = primary
+        .as_ref()
+        .ok_or_else(|| Failure::internal("no client"))?;
+    let record = p.server(server.id, token).await;
+    if record.is_err() {
+        *primary = None;
+    }
+    record
+}
+
+/// Proves the secure connection: mutual TLS with the new certificate.
+async fn prove(
+    server: &Server<'_>,
+    identity: &Identity,
+    state: &mut State,
+    progress: &mut Progress,
+) -> Result<SecureHello, Failure> {
+    let client = ClientIdentity {
+        cert_pem: std::fs::read_to_string(server.root.path(CERT_FILE))
+            .map_err(|e| io(format!("reading {CERT_FILE}"), e))?,
+        key_pem: identity.key_pem(),
+    };
+    let mut backoff = server.backoff();
+    let report = Report::loud(server.attempt_time());
+    retry(&mut backoff, state, progress, report, async |_, _| {
+        Primary::connect(server.root, server.endpoint, server.account, Some(&client))
+            .await?
+            .secure_hello()
+            .await
+    })
+    .await
 }
 
 fn trusted_line(id: &str, url: &str, account: &str) -> String {

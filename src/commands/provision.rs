@@ -13,7 +13,7 @@ use crate::lock::Lock;
 use crate::primary::{Endpoint, Primary};
 use crate::progress::{self, Progress};
 use crate::protocol::{DnsReport, DnsStatus, Registration, TrustState, short_fingerprint};
-use crate::retry::Backoff;
+use crate::retry::{Backoff, Report, retry};
 use crate::root::Root;
 use crate::settings::{self, Collected, Settings, validate::DnsCheck};
 use crate::state::{DONE_MARKER, Phase, State, TOKEN_FILE};
@@ -366,64 +366,55 @@ async fn dns_step(
     }
     let resolver = dns::resolver(root, &settings.nameservers);
     let mut backoff = Backoff::new(BASE, CAP, settings.deadline);
-    let outcome = loop {
-        let outcome = dns::check(
-            resolver.as_ref().map_err(String::as_str),
-            &host,
-            fqdn.as_deref(),
-            own,
-        )
-        .await;
+    let report = Report::loud(Duration::from_secs(10));
+    let outcome = retry(&mut backoff, state, progress, report, async |state, _| {
+        let resolver = resolver.as_ref().map_err(String::as_str);
+        let outcome = dns::check(resolver, &host, fqdn.as_deref(), own).await;
         if outcome.report.status == DnsStatus::Ok || settings.dns_check == DnsCheck::Warn {
-            break outcome;
+            return Ok(outcome);
         }
-        let failure = Failure::with_fix(
+        outcome.record_in(state);
+        Err(Failure::with_fix(
             Code::DnsMissing,
             format!("waiting for DNS (dns-check = require): {}", outcome.summary),
             match outcome.records_to_create.as_slice() {
                 [] => "fix this server's name or DNS settings".to_string(),
                 records => format!("create the record: {}", records.join("; ")),
             },
-        );
-        outcome.record_in(state);
-        let wait = backoff.next(failure.clone())?;
-        state.last_error = Some(failure.clone());
-        progress.retrying(
-            state,
-            &failure,
-            backoff.attempt,
-            wait,
-            Duration::from_secs(10),
-        );
-        tokio::time::sleep(wait).await;
-    };
+        ))
+    })
+    .await?;
     outcome.record_in(state);
+    state.advance(root, Phase::DnsChecked)?;
+    announce_dns(state, progress, &outcome);
+    Ok(outcome.report)
+}
+
+/// Says what the DNS check found and which records to create or delete.
+fn announce_dns(state: &State, progress: &mut Progress, outcome: &dns::Outcome) {
     if outcome.report.status == DnsStatus::Ok {
-        state.advance(root, Phase::DnsChecked)?;
         progress.step(state, progress::MSG_DNS_OK, &outcome.summary);
         for record in &outcome.reverse_to_create {
             println!("gateway-firstboot: suggested reverse DNS record: {record}");
         }
-    } else {
-        state.advance(root, Phase::DnsChecked)?;
-        progress.step(
-            state,
-            progress::MSG_DNS_MISSING,
-            &format!("warning: {}", outcome.summary),
-        );
-        for record in &outcome.records_to_create {
-            crate::wrap::say(&format!(
-                "gateway-firstboot: create this DNS record: {record}"
-            ));
-        }
-        for record in &outcome.records_to_delete {
-            println!("gateway-firstboot: delete this DNS record: {record}");
-        }
-        for record in &outcome.reverse_to_create {
-            println!("gateway-firstboot: suggested reverse DNS record: {record}");
-        }
+        return;
     }
-    Ok(outcome.report)
+    progress.step(
+        state,
+        progress::MSG_DNS_MISSING,
+        &format!("warning: {}", outcome.summary),
+    );
+    for record in &outcome.records_to_create {
+        crate::wrap::say(&format!(
+            "gateway-firstboot: create this DNS record: {record}"
+        ));
+    }
+    for record in &outcome.records_to_delete {
+        println!("gateway-firstboot: delete this DNS record: {record}");
+    }
+    for record in &outcome.reverse_to_create {
+        println!("gateway-firstboot: suggested reverse DNS record: {record}");
+    }
 }
 
 async fn connect_step(
@@ -434,24 +425,14 @@ async fn connect_step(
 ) -> Result<Primary, Failure> {
     let endpoint = Endpoint::from_settings(settings);
     let mut backoff = Backoff::new(BASE, CAP, settings.deadline);
-    let extra = settings.connect_timeout + settings.request_timeout * 2;
-    let (primary, info, skew) = loop {
-        let attempt = async {
-            let primary = Primary::connect(root, &endpoint, &settings.account, None).await?;
-            let skew = primary.health().await?;
-            let info = primary.account_info(&settings.api_key).await?;
-            Ok::<_, Failure>((primary, info, skew))
-        };
-        match attempt.await {
-            Ok(done) => break done,
-            Err(f) => {
-                let wait = backoff.next(f.clone())?;
-                state.last_error = Some(f.clone());
-                progress.retrying(state, &f, backoff.attempt, wait, extra);
-                tokio::time::sleep(wait).await;
-            }
-        }
-    };
+    let report = Report::loud(settings.connect_timeout + settings.request_timeout * 2);
+    let (primary, info, skew) = retry(&mut backoff, state, progress, report, async |_, _| {
+        let primary = Primary::connect(root, &endpoint, &settings.account, None).await?;
+        let skew = primary.health().await?;
+        let info = primary.account_info(&settings.api_key).await?;
+        Ok((primary, info, skew))
+    })
+    .await?;
     // A pinned primary without a CA: keep the certificate the pin matched, for the gateway.
     if let (Some(access), Some(pem)) = (state.primary.as_mut(), primary.pinned_certificate_pem())
         && access.ca_pem.is_none()
@@ -511,18 +492,11 @@ async fn register_step(
     };
     failpoint("before-register");
     let mut backoff = Backoff::new(BASE, CAP, settings.deadline);
-    let extra = settings.connect_timeout + settings.request_timeout * 2;
-    let response = loop {
-        match primary.register(&settings.api_key, &registration).await {
-            Ok(r) => break r,
-            Err(f) => {
-                let wait = backoff.next(f.clone())?;
-                state.last_error = Some(f.clone());
-                progress.retrying(state, &f, backoff.attempt, wait, extra);
-                tokio::time::sleep(wait).await;
-            }
-        }
-    };
+    let report = Report::loud(settings.connect_timeout + settings.request_timeout * 2);
+    let response = retry(&mut backoff, state, progress, report, async |_, _| {
+        primary.register(&settings.api_key, &registration).await
+    })
+    .await?;
     failpoint("after-register");
     let server = response.server;
     if server.state == TrustState::Rejected {
