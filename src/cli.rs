@@ -90,13 +90,17 @@ pub enum SeedCommand {
     },
     /// Print the seed in IMAGE's GWSEED partition, the API key redacted
     Show {
+        /// Raw disk image with a GWSEED partition, or a bare FAT image
         image: PathBuf,
         /// Print JSON
         #[arg(long)]
         json: bool,
     },
     /// Remove the seed from IMAGE's GWSEED partition (its bytes overwritten)
-    Clear { image: PathBuf },
+    Clear {
+        /// Raw disk image with a GWSEED partition, or a bare FAT image
+        image: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -122,7 +126,7 @@ pub struct AwaitTrustArgs {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub poll_max: std::time::Duration,
 
-    /// Give up after this long (default: wait for ever)
+    /// Give up after DURATION (30s, 2m; a bare number is seconds; default: wait for ever)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<std::time::Duration>,
 
@@ -142,9 +146,9 @@ pub struct StatusArgs {
     #[arg(long)]
     pub wait: bool,
 
-    /// With --wait, give up after SECONDS (exit 4)
-    #[arg(long, value_name = "SECONDS", requires = "wait")]
-    pub timeout: Option<u64>,
+    /// With --wait, give up after DURATION (30s, 2m; a bare number is seconds) and exit 4
+    #[arg(long, value_name = "DURATION", requires = "wait", value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -319,5 +323,31 @@ mod tests {
                 assert!(line.chars().count() <= 80, "too wide: {line:?}");
             }
         }
+    }
+
+    #[test]
+    fn every_argument_of_every_command_says_what_it_is() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>, seen: &mut usize) {
+            for arg in cmd.get_arguments() {
+                *seen += 1;
+                let generated = matches!(arg.get_id().as_str(), "help" | "version");
+                if arg.get_help().is_none() && !arg.is_hide_set() && !generated {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing, seen);
+            }
+        }
+        let (mut missing, mut seen) = (Vec::new(), 0);
+        walk(
+            &Cli::command(),
+            "gateway-firstboot",
+            &mut missing,
+            &mut seen,
+        );
+        assert!(seen > 30, "only {seen} arguments: the walk is broken");
+        assert!(missing.is_empty(), "no help text: {missing:?}");
     }
 }

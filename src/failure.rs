@@ -246,7 +246,8 @@ impl Code {
             }
             NoSettings => {
                 "give gateway.primary= and gateway.account= on the kernel command line, write /etc/gateway/seed.toml, \
-                 put seed.toml on a FAT stick labelled GWSEED, or run `gateway-firstboot install`"
+                 put seed.toml on a FAT stick labelled GWSEED, pass gateway.* credentials, \
+                 or run `gateway-firstboot install`"
             }
             NoMachineId => {
                 "systemd writes it early at first boot; the image must ship it as \"uninitialized\""

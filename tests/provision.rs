@@ -898,7 +898,7 @@ fn check_online_validates_without_registering() {
 fn status_waits_while_in_progress() {
     let env = Env::new();
     let start = std::time::Instant::now();
-    let run = env.run(&["status", "--wait", "--timeout", "1"]);
+    let run = env.run(&["status", "--wait", "--timeout", "1s"]);
     assert_code(&run, 4);
     assert!(start.elapsed() >= Duration::from_secs(1));
     assert_code(&env.run(&["provision"]), 0);

@@ -556,6 +556,14 @@ fn nothing_given_at_all_exits_66_with_one_clear_message() {
             "no provisioning settings found: give gateway.primary= and gateway.account="
         )
     );
+    // As `provision` says it: the installer is one of the ways.
+    assert!(
+        run.stdout
+            .trim_end()
+            .ends_with("or run `gateway-firstboot install`"),
+        "{}",
+        run.stdout
+    );
     // Vendor defaults alone are not a seed.
     let mut tree = Tree::new();
     tree.file(
@@ -603,11 +611,27 @@ fn flags_override_and_the_key_file_is_read() {
         "{}",
         run.stdout
     );
-    let run = tree.run(&["check", "--api-key-file", "/nonexistent/key"]);
-    assert_eq!(run.code, 65);
-    assert!(run.stdout.contains(
-        "error: --api-key-file flag: reading /nonexistent/key: No such file or directory"
-    ));
+    // check and install (scripted: no terminal) give the same error and the same status.
+    for command in [
+        &["check"][..],
+        &[
+            "install",
+            "--primary",
+            "p.example",
+            "--account",
+            "a.example",
+        ],
+    ] {
+        let run = tree.run(&[command, &["--api-key-file", "/nonexistent/key"]].concat());
+        assert_eq!(run.code, 65, "{command:?}: {}", run.all());
+        assert!(
+            run.stdout.contains(
+                "error: --api-key-file flag: reading /nonexistent/key: No such file or directory"
+            ),
+            "{command:?}: {}",
+            run.stdout
+        );
+    }
 }
 
 /// The key must not appear in any output of any command, valid or not, at any verbosity.

@@ -53,11 +53,11 @@ pub async fn run(root: &Root, args: &CheckArgs) -> anyhow::Result<u8> {
                 None => {}
             }
         }
+        // The same words as `provision`'s no-settings failure, the installer included.
         None if code == exit::NOINPUT => writeln!(
             out,
-            "no provisioning settings found: give gateway.primary= and gateway.account= on the kernel \
-             command line, write /etc/gateway/seed.toml, put seed.toml on a FAT stick labelled GWSEED, \
-             or pass gateway.* credentials"
+            "no provisioning settings found: {}",
+            crate::failure::Code::NoSettings.fix().unwrap_or_default()
         )?,
         None => {
             let errors = problems.iter().filter(|p| p.is_error()).count();

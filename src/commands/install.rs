@@ -216,8 +216,9 @@ async fn ask_and_provision(root: &Root, args: &InstallArgs) -> anyhow::Result<u8
 
     let (mut flags, flag_problems) = args.settings.to_layer();
     if !flag_problems.is_empty() {
+        // A flag's value the agent cannot read is a settings problem, as in `check` (65).
         super::check::print_problems(&mut out, &flag_problems)?;
-        return Ok(exit::USAGE);
+        return Ok(exit::DATAERR);
     }
     let take = |flags: &mut Layer, key: Key| {
         let i = flags.entries.iter().position(|e| e.key == key)?;

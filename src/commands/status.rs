@@ -37,9 +37,7 @@ pub async fn run(root: &Root, args: &StatusArgs) -> anyhow::Result<u8> {
             }
         };
         let (code, word) = verdict(&state);
-        let timed_out = args
-            .timeout
-            .is_some_and(|t| started.elapsed() >= Duration::from_secs(t));
+        let timed_out = args.timeout.is_some_and(|t| started.elapsed() >= t);
         if !args.wait || code != IN_PROGRESS || timed_out {
             break (state, code, word);
         }
