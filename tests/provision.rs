@@ -742,7 +742,7 @@ fn an_expired_certificate_with_a_right_clock_is_the_certificate() {
 
 /// Starts provisioning with the primary failing, clears the fault after a while, and expects
 /// success after retries that name the failure.
-fn recovers_from(faults: &[&str], code: &str) {
+fn recovers_from(faults: &[&str], code: &str) -> Env {
     let mut env = Env::new();
     env.reseed("deadline = \"60s\"");
     env.sim.ok(&[&["faults", "set"][..], faults].concat());
@@ -763,6 +763,7 @@ fn recovers_from(faults: &[&str], code: &str) {
         "{code}:\n{stdout}"
     );
     assert_eq!(env.sim.all_servers().len(), 1);
+    env
 }
 
 #[test]
@@ -772,7 +773,28 @@ fn retries_through_server_errors() {
 
 #[test]
 fn retries_through_rate_limiting_honouring_retry_after() {
-    recovers_from(&["--rate-limit", "0", "--retry-after", "2"], "rate-limited");
+    let env = recovers_from(&["--rate-limit", "0", "--retry-after", "2"], "rate-limited");
+    // The primary's own log says when the agent came back after each 429: never before the
+    // Retry-After it asked (2 s), and not much later: the agent adds at most a tenth of it as
+    // jitter (0.2 s), and a request's way here takes well under the 0.8 s left over.
+    let log = env.sim.ok(&["requests"]);
+    let requests: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a request log line"))
+        .collect();
+    let secs = |r: &serde_json::Value, field: &str| r[field].as_f64().expect(field);
+    let waits: Vec<f64> = requests
+        .windows(2)
+        .filter(|pair| pair[0]["status"] == 429)
+        .map(|pair| secs(&pair[1], "at") - (secs(&pair[0], "at") + secs(&pair[0], "ms") / 1000.0))
+        .collect();
+    assert!(!waits.is_empty(), "no request after a 429:\n{log}");
+    for wait in &waits {
+        assert!(
+            (2.0..=3.0).contains(wait),
+            "came back {wait:.2} s after a 429 with Retry-After: 2 (all: {waits:.2?})\n{log}"
+        );
+    }
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! Fault injection: latency, a share of 503s, rate limiting with 429 + Retry-After, "down
-//! until" (connections refused), and responses that never end. Set at start (`serve` flags)
+//! until" (connections refused), responses that never end, and answers held after the commit. Set at start (`serve` flags)
 //! or at run time (`faults set`, which writes the database the server re-reads every 200 ms).
 
 use crate::AppState;
@@ -27,6 +27,9 @@ pub struct Faults {
     pub down_until: Option<i64>,
     /// Share of API requests whose response starts and never ends.
     pub hang_percent: u8,
+    /// Held after a POST's handler has run, its change committed (a registration recorded),
+    /// before the answer goes out: a power cut in that window loses only the answer.
+    pub commit_delay_ms: u64,
 }
 
 impl Faults {
@@ -98,7 +101,12 @@ pub async fn middleware(State(state): State<Arc<AppState>>, req: Request, next: 
             .body(Body::from_stream(stream))
             .unwrap_or_default();
     }
-    next.run(req).await
+    let post = req.method() == axum::http::Method::POST;
+    let response = next.run(req).await;
+    if post && faults.commit_delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(faults.commit_delay_ms)).await;
+    }
+    response
 }
 
 use futures_util::StreamExt as _;

@@ -5,6 +5,7 @@ mod api;
 mod db;
 mod faults;
 mod pki;
+mod requests;
 mod ui;
 
 use anyhow::{Context, Result};
@@ -66,6 +67,9 @@ enum Cmd {
     /// Inject faults into a running (or the next) server
     #[command(subcommand)]
     Faults(FaultsCmd),
+    /// Print the API requests the last `serve` answered, one JSON line each (at, method,
+    /// path, status, ms), from DB.requests.jsonl
+    Requests,
 }
 
 #[derive(Args)]
@@ -155,6 +159,10 @@ struct FaultArgs {
     /// Start this share of API responses and never finish them (0-100)
     #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100))]
     hang_percent: Option<u8>,
+    /// Hold the answer of every POST (a registration) this long after its change is committed
+    /// (20s): a power cut then loses the answer, not the registration
+    #[arg(long, value_name = "DURATION")]
+    commit_delay: Option<String>,
 }
 
 fn parse_time(s: &str) -> Result<i64> {
@@ -188,6 +196,13 @@ impl FaultArgs {
             retry_after_secs: self.retry_after,
             down_until,
             hang_percent: self.hang_percent.unwrap_or(0),
+            commit_delay_ms: self
+                .commit_delay
+                .as_deref()
+                .map(faults::parse_millis)
+                .transpose()
+                .map_err(anyhow::Error::msg)?
+                .unwrap_or(0),
         })
     }
 }
@@ -207,6 +222,8 @@ pub struct AppState {
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     tls: Mutex<Option<(i64, Arc<rustls::ServerConfig>)>>,
+    /// DB.requests.jsonl, opened for appending (see requests.rs).
+    request_log: Option<Mutex<std::fs::File>>,
 }
 
 impl AppState {
@@ -348,6 +365,11 @@ fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             faults::middleware,
+        ))
+        // Outside the faults: the 429s and 503s they answer are logged too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            requests::middleware,
         ));
     Router::new()
         .route("/", get(|| async { axum::response::Redirect::to("/ui") }))
@@ -426,6 +448,15 @@ async fn serve(db_path: &Path, args: ServeArgs) -> Result<()> {
         chain,
         key,
         tls: Mutex::new(None),
+        request_log: Some(Mutex::new(
+            std::fs::File::create(requests::path(db_path))
+                .and_then(|_| {
+                    std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(requests::path(db_path))
+                })
+                .with_context(|| format!("creating {}", requests::path(db_path).display()))?,
+        )),
     });
     state.refresh_faults();
     let mut app = router(state.clone());
@@ -656,6 +687,14 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Faults(FaultsCmd::Clear) => {
             db.set_faults_json(&serde_json::to_string(&Faults::default())?)?
+        }
+        Cmd::Requests => {
+            let log = requests::path(&cli.db);
+            match std::fs::read_to_string(&log) {
+                Ok(text) => print!("{text}"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("reading {}", log.display())),
+            }
         }
         Cmd::Faults(FaultsCmd::Show) => {
             let json = db.faults_json()?.unwrap_or_else(|| "{}".into());

@@ -659,3 +659,62 @@ async fn fault_hang_starts_a_response_and_never_ends_it() {
     let body = tokio::time::timeout(Duration::from_millis(1500), resp.bytes()).await;
     assert!(body.is_err(), "the body must never end");
 }
+
+#[tokio::test]
+async fn fault_commit_delay_records_the_registration_before_the_answer_goes_out() {
+    let (sim, _, _) = setup();
+    sim.ok(&["faults", "set", "--commit-delay", "3s"]);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let c = client(&sim);
+    let (_, csr1) = csr();
+    let started = Instant::now();
+    let request = c
+        .post(sim.url("/api/v1/accounts/acme.example/servers"))
+        .bearer_auth(&sim.default_key)
+        .json(&registration("m-1", &csr1))
+        .timeout(Duration::from_millis(1500))
+        .send();
+    // The client gives up before the answer: the registration is on the primary regardless.
+    let lost = request.await;
+    assert!(lost.as_ref().is_err_and(|e| e.is_timeout()), "{lost:?}");
+    let servers = sim.all_servers();
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    assert_eq!(servers[0]["registrations"], 1);
+    // GETs are not held.
+    let (status, _, _) = call(c.get(sim.url("/api/v1/health"))).await;
+    assert_eq!(status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn the_request_log_has_every_api_request_with_its_status_and_time() {
+    let sim = Sim::start_with(&["--rate-limit", "1", "--retry-after", "2"]);
+    let c = client(&sim);
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(call(c.get(sim.url("/api/v1/health"))).await.0.as_u16());
+    }
+    c.get(sim.url("/ui")).send().await.unwrap();
+    let log = sim.ok(&["requests"]);
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // The web page is not the API; the 429s of the rate limit are logged.
+    assert_eq!(lines.len(), 3, "{log}");
+    for (line, status) in lines.iter().zip(&statuses) {
+        assert_eq!(line["method"], "GET");
+        assert_eq!(line["path"], "/api/v1/health");
+        assert_eq!(line["status"], *status);
+        assert!(line["at"].as_f64().unwrap() >= before - 1.0, "{line}");
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+}
