@@ -236,7 +236,9 @@ fn scrub_gwseed(root: &Root, used: &UsedGwseed, warnings: &mut Vec<String>) {
         )),
     }
     match gwseed::replace_file(&device, GWSEED_FILE, plan.scrubbed.as_bytes()) {
-        Ok(()) => log::info!("removed the API key from {shown}"),
+        Ok(()) => {
+            log::info!(MESSAGE_ID = crate::progress::MSG_KEY_SCRUBBED, SEED = shown.as_str(); "removed the API key from {shown}")
+        }
         Err(e) => warnings.push(format!(
             "could not remove the API key from {shown} ({e}); remove the api-key line by hand"
         )),
@@ -273,7 +275,9 @@ fn scrub_seed_file(real: &Path, shown: &str, warnings: &mut Vec<String>) {
         }
     };
     match fsutil::write_atomic(real, plan.scrubbed.as_bytes(), mode) {
-        Ok(()) => log::info!("removed the API key from {shown}"),
+        Ok(()) => {
+            log::info!(MESSAGE_ID = crate::progress::MSG_KEY_SCRUBBED, SEED = shown; "removed the API key from {shown}")
+        }
         Err(e) => warnings.push(format!(
             "could not remove the API key from {shown} ({e}); remove the api-key line by hand"
         )),

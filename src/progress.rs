@@ -29,6 +29,10 @@ pub const MSG_AWAITING_TRUST: &str = "e4a695f1b38445a1b7c3a4b5e6f70819";
 pub const MSG_TRUSTED: &str = "f5b7a602c49546b2c8d4b5c6f708192a";
 pub const MSG_FAILED: &str = "06c8b713d5a647c3d9e5c6d708192a3b";
 pub const MSG_WAITING_FOR_SEED: &str = "0d78282148414d0bba53d5b66c9e2b29";
+pub const MSG_ALREADY_PROVISIONED: &str = "51a00cc27df04fb49c3511dee8102f1f";
+pub const MSG_LOCK_WAIT: &str = "04d2f43fffcf4392b963db4f06d44362";
+pub const MSG_KEY_SCRUBBED: &str = "13eaa51533ff44858e532531cbca4154";
+pub const MSG_HOSTNAME_SET: &str = "20ca3964077b40afb5e766f8d5ec2823";
 
 /// Slack added to every timeout extension beyond the wait itself.
 const EXTEND_SLACK: Duration = Duration::from_secs(90);

@@ -172,3 +172,33 @@ fn the_boot_scenarios_in_docs_testing_md_are_those_of_tests_boot_run() {
         "docs/testing.md's scenario table and tests/boot/run's SCENARIOS"
     );
 }
+
+#[test]
+fn the_message_id_table_in_docs_provisioning_md_has_every_message_id_of_the_agent() {
+    let source = read("src/progress.rs");
+    let in_code: BTreeSet<String> = source
+        .lines()
+        .filter(|l| l.starts_with("pub const MSG_"))
+        .filter_map(|l| l.split('"').nth(1))
+        .map(str::to_string)
+        .collect();
+    assert!(in_code.len() >= 17, "{in_code:?}");
+    for id in &in_code {
+        assert!(
+            id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()),
+            "{id} is not a 128-bit MESSAGE_ID"
+        );
+    }
+    let doc = read("docs/provisioning.md");
+    let documented: BTreeSet<String> = section(&doc, "## Where progress shows")
+        .lines()
+        .filter(|l| l.trim_start().starts_with('|'))
+        .filter_map(|l| l.rsplit('`').nth(1))
+        .filter(|id| id.len() == 32)
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        documented, in_code,
+        "docs/provisioning.md's MESSAGE_ID table"
+    );
+}

@@ -85,7 +85,7 @@ pub async fn provision(
             let waiting = || {
                 let text = "another provisioning run (gateway-firstboot install?) is in progress; waiting for it to end";
                 crate::wrap::say(&format!("gateway-firstboot: {text}"));
-                log::info!("{text}");
+                log::info!(MESSAGE_ID = progress::MSG_LOCK_WAIT; "{text}");
             };
             match crate::lock::lock(root, waiting).await {
                 Ok(lock) => lock,
@@ -119,7 +119,11 @@ fn already_provisioned(root: &Root, state: &State, progress: &mut Progress) -> O
         progress::describe(state.phase)
     );
     crate::wrap::say(&format!("gateway-firstboot: {text}"));
-    log::info!("{text}");
+    log::info!(
+        MESSAGE_ID = progress::MSG_ALREADY_PROVISIONED,
+        SERVER_ID = state.server_id.as_deref().unwrap_or("");
+        "{text}"
+    );
     progress.write_status(state);
     progress.ready();
     Some(exit::OK)
@@ -313,6 +317,7 @@ fn apply_hostname(root: &Root, name: &str) -> Result<(), Failure> {
         if current.trim() != name {
             fsutil::write_atomic(&path, format!("{name}\n").as_bytes(), 0o644)
                 .map_err(|e| io("writing /etc/hostname", e))?;
+            log::info!(MESSAGE_ID = progress::MSG_HOSTNAME_SET, HOSTNAME = name; "host name set to {name}");
         }
         return Ok(());
     }
@@ -328,7 +333,9 @@ fn apply_hostname(root: &Root, name: &str) -> Result<(), Failure> {
         .args(["set-hostname", name])
         .status()
     {
-        Ok(s) if s.success() => log::info!("host name set to {name}"),
+        Ok(s) if s.success() => {
+            log::info!(MESSAGE_ID = progress::MSG_HOSTNAME_SET, HOSTNAME = name; "host name set to {name}")
+        }
         Ok(s) => log::warn!("hostnamectl set-hostname {name} exited with {s}; keeping {current}"),
         Err(e) => log::warn!("running hostnamectl: {e}; keeping the host name {current}"),
     }
