@@ -556,9 +556,10 @@ MESSAGE_IDS = {
 def events(disk, work):
     """The agent's events in the journal of every boot, in order, after poweroff: dicts with
     `event` (a MESSAGE_IDS name), `boot` (1 for the scenario's first boot, and so on), `unit`,
-    and the agent's fields `phase`, `code`, `attempt` (None when absent)."""
+    `pid` (one per run of the agent), and the agent's fields `phase`, `code`, `attempt` (None
+    when absent)."""
     names = {v: k for k, v in MESSAGE_IDS.items()}
-    fields = "MESSAGE_ID,_BOOT_ID,_SYSTEMD_UNIT,PHASE,CODE,ATTEMPT"
+    fields = "MESSAGE_ID,_BOOT_ID,_SYSTEMD_UNIT,_PID,PHASE,CODE,ATTEMPT"
     out = run(["journalctl", "--no-pager", "-o", "json", f"--output-fields={fields}",
                "-D", str(_journal_dir(disk, work))], check=False, timeout=300).stdout
     boots, found = [], []
@@ -572,7 +573,7 @@ def events(disk, work):
             boots.append(boot)
         event = names.get(entry.get("MESSAGE_ID"))
         if event:
-            found.append({"event": event, "boot": boots.index(boot) + 1, "unit": entry.get("_SYSTEMD_UNIT"),
+            found.append({"event": event, "boot": boots.index(boot) + 1, "unit": entry.get("_SYSTEMD_UNIT"), "pid": entry.get("_PID"),
                           "phase": entry.get("PHASE"), "code": entry.get("CODE"), "attempt": entry.get("ATTEMPT")})
     return found
 
