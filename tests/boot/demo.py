@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import DOMAIN, Failed, Net, Sim, VM, prepare_disk, run, set_cmdline, wait_until  # noqa: E402
+from harness import DOMAIN, Failed, Net, Sim, VM, last_match, prepare_disk, run, set_cmdline, wait_until  # noqa: E402
 
 INTERACTIVE = sys.stdin.isatty() and sys.stdout.isatty()
 START = time.monotonic()
@@ -61,9 +61,9 @@ def main():
             vm.start()
             say("booting the appliance under QEMU (UEFI, systemd-boot); nobody at its console")
             threading.Thread(target=follow, args=(vm, stop), daemon=True).start()
-            vm.wait_for("handed off to the gateway", 420)
+            vm.wait_for("handed_off", 420)
             sid = sim.servers()[0]["server_id"]
-            fp = [l for l in vm.console().splitlines() if "key fingerprint" in l][-1].split("key fingerprint")[-1].strip(" )")
+            fp = last_match(vm.this_boot(), "handed_off", id=sid)["short"]
             say(f"the primary shows {sid} under acme.example, NOT TRUSTED; key fingerprint {fp}")
             if INTERACTIVE:
                 say(f"open https://{net.host_ip}/ui?server={sid} and click Authorize (check the fingerprint {fp});"
@@ -74,7 +74,7 @@ def main():
                 say(f"(not interactive) clicking Authorize for {sid} through the simulator")
                 sim.cli("authorize", sid)
             say("authorized")
-            vm.wait_for("trusted: secure connection", 240)
+            vm.wait_for("trusted", 240)
             wait_until("the gateway's secure connection", lambda: sim.servers()[0]["secure_contacts"] >= 2, 240, 2)
             say("the gateway (stand-in) holds its mutual-TLS connection; the primary records it:")
             print(sim.cli("servers"), flush=True)

@@ -30,6 +30,97 @@ class Failed(Exception):
     """A scenario's expectation was not met."""
 
 
+# What the harness reads on the serial console, the one live channel while a guest runs: every
+# phrase a scenario waits for or checks deliberately (wording that is the product: the DNS
+# record a technician must create, the installer's questions, a failure's fix), by name. A
+# scenario names a phrase (`vm.wait_for("handed_off", ...)`) and never spells one out, so a
+# reworded message is changed here once. `{name}` is a placeholder: the scenario may fill it
+# (`code="account-unknown"`), otherwise it matches any text. tests/console_phrases.rs checks
+# that every phrase but those in NOT_THE_AGENT occurs in the agent's source (outside its unit
+# tests), each placeholder where the source has a format argument `{...}`: `cargo test`
+# catches a rewording without a boot. One entry per line, `"name": "phrase",`, no backslash.
+# Outcomes (phase, server, trust, failure code) come from the guest's own records after
+# poweroff, not from here: state_file(), status_json(), events().
+CONSOLE = {
+    # the agent's progress lines (standard output: the console)
+    "provisioning": "provisioning this gateway",
+    "connected": "connected to {url}: account {account} exists, API key accepted",
+    "retrying": "{message} [{code}]; attempt {attempt} failed, retrying in {delay}s",
+    "failure_code": "{message} [{code}]",
+    "handed_off": "handed off to the gateway (server {id}, key {short})",
+    "trusted": "trusted: secure connection to {url} established as {id} at {when}",
+    "dns_wait": "waiting for DNS (dns-check = require): {summary}",
+    "dns_create": "create this DNS record: {record}",
+    "dns_record": "{fqdn}. IN {kind} {address}",
+    # a failure's text and its fix, as the technician reads them
+    "no_account": "the primary has no account with the domain name {account}",
+    "fix": "fix: {fix}",
+    "fix_account_text": "check the account domain name (Account settings on the primary show it)",
+    # the lines above the login prompt (/etc/issue.d)
+    "issue_gateway": "Gateway {id} is",
+    "issue_trusted": "Gateway {id} is trusted by {url} (account {account}); secure connection established.",
+    "issue_dns_missing": "DNS record missing (create it): {record}",
+    # the installer (the console setup and `gateway-firstboot install`)
+    "setup_offered": "This gateway has no provisioning settings yet: set it up here, no login needed.",
+    "setup_ends": "The login prompt follows",
+    "ask_primary": "Primary server address",
+    "ask_account": "Account domain name",
+    "ask_key": "API key (Enter for the default restricted key): ",
+    "install_next": "Next: it is NOT TRUSTED yet.",
+    # not the agent: agetty, login, the shell, the harness's own health unit (HEALTH_UNIT)
+    "login": "login:",
+    "password": "Password:",
+    "shell": ":~# ",
+    "boot_health": "boot-health: {state}",
+}
+NOT_THE_AGENT = {"login", "password", "shell", "boot_health"}
+_HOLE = re.compile(r"\{(\w+)\}")
+
+
+def phrase(name, **values):
+    """The regular expression for CONSOLE[name] on a flattened console (see VM.this_boot), with
+    the placeholders given in `values` filled in; the others match any text (up to 200
+    characters, as little as will do) as a group of their name."""
+    template = CONSOLE[name]
+    parts, at = [], 0
+    for m in _HOLE.finditer(template):
+        parts.append(re.escape(flat(template[at:m.start()])))
+        value = values.pop(m.group(1), None)
+        parts.append(re.escape(flat(str(value))) if value is not None else f"(?P<{m.group(1)}>.{{1,200}}?)")
+        at = m.end()
+    parts.append(re.escape(flat(template[at:])))
+    if values:
+        raise KeyError(f"console phrase {name!r} has no placeholder {sorted(values)}")
+    return "".join(parts)
+
+
+def phrase_text(name, **values):
+    """CONSOLE[name] with every placeholder filled: the exact text (e.g. a DNS record)."""
+    text = CONSOLE[name]
+    missing = set(_HOLE.findall(text)) - set(values)
+    if missing:
+        raise KeyError(f"console phrase {name!r}: fill {sorted(missing)}")
+    return _HOLE.sub(lambda m: str(values[m.group(1)]), text)
+
+
+def shows(text, name, **values):
+    """Whether `text` (flattened) holds the phrase `name`."""
+    return re.search(phrase(name, **values), flat(text)) is not None
+
+
+def last_match(text, name, **values):
+    """The last occurrence of phrase `name` in `text` (flattened; its unfilled placeholders are
+    groups: `last_match(console, "handed_off")["short"]`), or None."""
+    found = list(re.finditer(phrase(name, **values), flat(text)))
+    return found[-1] if found else None
+
+
+def last_match_end(text, name, **values):
+    """Where the last occurrence of phrase `name` in `text` (flattened) ends, or -1."""
+    m = last_match(text, name, **values)
+    return m.end() if m else -1
+
+
 def run(cmd, timeout=120, check=True, **kw):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
     if check and r.returncode != 0:
@@ -267,21 +358,31 @@ class VM:
         lines to the console's width, so a phrase may span rows."""
         return flat(self.console().split(f"===== boot {self.boots} =====")[-1])
 
-    def wait_for(self, text, timeout, after=None):
-        """Waits for `text` on this boot's console; with `after`, only where it follows the
-        last `after` (a login prompt drawn before the setup took the terminal does not count)."""
+    def shows(self, name, **values):
+        """Whether this boot's console shows the phrase `name` (CONSOLE)."""
+        return shows(self.this_boot(), name, **values)
+
+    def wait_for(self, name, timeout, after=None, answer=None, **values):
+        """Waits for the phrase `name` (CONSOLE; placeholders from `values`) on this boot's
+        console; with `after` (a phrase name), only where it follows the last occurrence of
+        that phrase (a login prompt drawn before the setup took the terminal does not count);
+        with `answer`, a question shown again with the answer given before (`label: answer`)."""
+        pattern = phrase(name, **values)
+        if answer is not None:
+            pattern += re.escape(": " + answer)
+
         def seen():
             if self.proc.poll() is not None:
-                raise Failed(f"QEMU exited while waiting for {text!r}")
+                raise Failed(f"QEMU exited while waiting for {name!r}")
             console = self.this_boot()
             if after is not None:
-                at = console.rfind(flat(after))
+                at = last_match_end(console, after)
                 if at < 0:
                     return False
-                console = console[at + len(flat(after)):]
-            return flat(text) in console
+                console = console[at:]
+            return re.search(pattern, console) is not None
         where = f" after {after!r}" if after else ""
-        return wait_until(f"{text!r}{where} on the console", seen, timeout, 1.0)
+        return wait_until(f"{name!r} ({CONSOLE[name]!r}){where} on the console", seen, timeout, 1.0)
 
     def monitor_cmd(self, command):
         import socket
@@ -299,7 +400,7 @@ class VM:
         if not self.proc or self.proc.poll() is not None:
             return
         try:
-            self.wait_for("boot-health: ", BOOT_FINISHED)
+            self.wait_for("boot_health", BOOT_FINISHED)
             self.monitor_cmd("system_powerdown")
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and self.proc.poll() is None:
@@ -414,17 +515,108 @@ def find_on_disk(disk, needle, chunk=64 * 1024 * 1024):
     return where
 
 
-def journal(disk, work, unit=None):
-    """The appliance's journal (all boots), read with the host's journalctl."""
+def _journal_dir(disk, work):
+    """The appliance's journal files, copied out of the root partition (debugfs; no mount)."""
     off = partitions(disk)["root"]
     dest = work / "journal"
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir()
     run(["debugfs", "-R", f"rdump /var/log/journal {dest}", f"{disk}?offset={off}"], check=False)
-    args = ["journalctl", "--no-pager", "-o", "short-monotonic", "-D", str(dest / "journal")]
+    return dest / "journal"
+
+
+def journal(disk, work, unit=None):
+    """The appliance's journal (all boots), read with the host's journalctl."""
+    args = ["journalctl", "--no-pager", "-o", "short-monotonic", "-D", str(_journal_dir(disk, work))]
     if unit:
         args += ["-u", unit]
     return run(args, check=False).stdout
+
+
+# The journal's MESSAGE_IDs of the agent's events (docs/provisioning.md; src/progress.rs MSG_*,
+# the name being the constant's without MSG_, lowercase; tests/console_phrases.rs checks that
+# the two agree). Generated once, never changed: what a scenario reads the agent's steps from.
+MESSAGE_IDS = {
+    "started": "5b1f0c6e2a9d4c7f8e3a1b2c4d5e6f70",
+    "settings_invalid": "6c2e1d7f3b0a4d8e9f4b2c3d5e6f7081",
+    "dns_ok": "7d3f2e8a4c1b4e9fa05c3d4e6f708192",
+    "dns_missing": "8e403f9b5d2c4fa0b16d4e5f708192a3",
+    "connected": "9f5140ac6e3d40b1c27e5f608192a3b4",
+    "retrying": "a06251bd7f4e41c2d38f6071a2b3c4d5",
+    "key_created": "b17362ce8051420de4907182b3c4d5e6",
+    "registered": "c28473df9162431ef5a18293c4d5e6f7",
+    "handed_off": "d39584e0a27344f0a6b293a4d5e6f708",
+    "awaiting_trust": "e4a695f1b38445a1b7c3a4b5e6f70819",
+    "trusted": "f5b7a602c49546b2c8d4b5c6f708192a",
+    "failed": "06c8b713d5a647c3d9e5c6d708192a3b",
+    "waiting_for_seed": "0d78282148414d0bba53d5b66c9e2b29",
+}
+
+
+def events(disk, work):
+    """The agent's events in the journal of every boot, in order, after poweroff: dicts with
+    `event` (a MESSAGE_IDS name), `boot` (1 for the scenario's first boot, and so on), `unit`,
+    `pid` (one per run of the agent), and the agent's fields `phase`, `code`, `attempt` (None
+    when absent)."""
+    names = {v: k for k, v in MESSAGE_IDS.items()}
+    fields = "MESSAGE_ID,_BOOT_ID,_SYSTEMD_UNIT,_PID,PHASE,CODE,ATTEMPT"
+    out = run(["journalctl", "--no-pager", "-o", "json", f"--output-fields={fields}",
+               "-D", str(_journal_dir(disk, work))], check=False, timeout=300).stdout
+    boots, found = [], []
+    for line in out.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        boot = entry.get("_BOOT_ID")
+        if boot not in boots:
+            boots.append(boot)
+        event = names.get(entry.get("MESSAGE_ID"))
+        if event:
+            found.append({"event": event, "boot": boots.index(boot) + 1, "unit": entry.get("_SYSTEMD_UNIT"), "pid": entry.get("_PID"),
+                          "phase": entry.get("PHASE"), "code": entry.get("CODE"), "attempt": entry.get("ATTEMPT")})
+    return found
+
+
+def event_names(found, boot=None, unit=None):
+    """The names of `found` (events()), of one boot and one unit if given."""
+    return [e["event"] for e in found if (boot is None or e["boot"] == boot) and (unit is None or e["unit"] == unit)]
+
+
+STATE_DIR = "/var/lib/gateway-firstboot"
+
+
+def state_file(disk):
+    """The agent's persisted state (state.json), read from the disk after poweroff; {} if none.
+    (status.json is under /run: gone at poweroff.)"""
+    text = read_file(disk, f"{STATE_DIR}/state.json")
+    return json.loads(text) if text.strip() else {}
+
+
+def status_json(disk, work):
+    """`gateway-firstboot status --json` as the appliance would answer it: the agent (built
+    for this run) reads the state directory copied off the disk (--root). The verdict is in
+    `status` (trusted, trusted-with-warnings, waiting-for-authorization, failed, in-progress),
+    with phase, server_id, trust, last_error (its `code`)."""
+    root = work / "status-root"
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "var/lib").mkdir(parents=True)
+    off = partitions(disk)["root"]
+    run(["debugfs", "-R", f"rdump {STATE_DIR} {root / 'var/lib'}", f"{disk}?offset={off}"])
+    try:
+        r = run([str(TARGET / "release/gateway-firstboot"), "--root", str(root), "status", "--json"], check=False)
+        try:
+            return json.loads(r.stdout)
+        except ValueError:
+            raise Failed(f"status --json (exit {r.returncode}) did not print JSON: {r.stdout!r} {r.stderr!r}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def expect(what, got, want):
+    """Raises Failed unless got == want, naming what it is."""
+    if got != want:
+        raise Failed(f"{what}: expected {want!r}, got {got!r}")
 
 
 # A test-only unit put on each scenario's disk: once a boot is done (every start job finished),
