@@ -287,6 +287,9 @@ class VM:
         self.boots = 0
         # Raw images plugged in as USB sticks (an xHCI controller, usb-storage: sd in the guest).
         self.usb_sticks = []
+        # Credentials through QEMU's fw_cfg (name -> value): systemd imports
+        # opt/io.systemd.credentials/NAME as the credential NAME, as it does SMBIOS type 11.
+        self.fw_cfg = {}
 
     def start(self):
         self.boots += 1
@@ -307,6 +310,9 @@ class VM:
                "-device", f"virtio-net-pci,netdev=n0,mac={MAC}"]
         for cred in self.smbios:
             cmd += ["-smbios", f"type=11,value={cred}"]
+        for name, value in self.fw_cfg.items():
+            # QEMU's option syntax: a comma in a value is written twice.
+            cmd += ["-fw_cfg", f"name=opt/io.systemd.credentials/{name},string={value.replace(',', ',,')}"]
         if self.usb_sticks:
             cmd += ["-device", "qemu-xhci,id=xhci"]
         for i, stick in enumerate(self.usb_sticks):
@@ -550,16 +556,20 @@ MESSAGE_IDS = {
     "trusted": "f5b7a602c49546b2c8d4b5c6f708192a",
     "failed": "06c8b713d5a647c3d9e5c6d708192a3b",
     "waiting_for_seed": "0d78282148414d0bba53d5b66c9e2b29",
+    "already_provisioned": "51a00cc27df04fb49c3511dee8102f1f",
+    "lock_wait": "04d2f43fffcf4392b963db4f06d44362",
+    "key_scrubbed": "13eaa51533ff44858e532531cbca4154",
+    "hostname_set": "20ca3964077b40afb5e766f8d5ec2823",
 }
 
 
 def events(disk, work):
     """The agent's events in the journal of every boot, in order, after poweroff: dicts with
     `event` (a MESSAGE_IDS name), `boot` (1 for the scenario's first boot, and so on), `unit`,
-    `pid` (one per run of the agent), and the agent's fields `phase`, `code`, `attempt` (None
-    when absent)."""
+    `pid` (one per run of the agent), and the agent's fields `phase`, `code`, `attempt`,
+    `server_id`, `seed`, `hostname` (None when absent)."""
     names = {v: k for k, v in MESSAGE_IDS.items()}
-    fields = "MESSAGE_ID,_BOOT_ID,_SYSTEMD_UNIT,_PID,PHASE,CODE,ATTEMPT"
+    fields = "MESSAGE_ID,_BOOT_ID,_SYSTEMD_UNIT,_PID,PHASE,CODE,ATTEMPT,SERVER_ID,SEED,HOSTNAME"
     out = run(["journalctl", "--no-pager", "-o", "json", f"--output-fields={fields}",
                "-D", str(_journal_dir(disk, work))], check=False, timeout=300).stdout
     boots, found = [], []
@@ -574,7 +584,8 @@ def events(disk, work):
         event = names.get(entry.get("MESSAGE_ID"))
         if event:
             found.append({"event": event, "boot": boots.index(boot) + 1, "unit": entry.get("_SYSTEMD_UNIT"), "pid": entry.get("_PID"),
-                          "phase": entry.get("PHASE"), "code": entry.get("CODE"), "attempt": entry.get("ATTEMPT")})
+                          "phase": entry.get("PHASE"), "code": entry.get("CODE"), "attempt": entry.get("ATTEMPT"),
+                          "server_id": entry.get("SERVER_ID"), "seed": entry.get("SEED"), "hostname": entry.get("HOSTNAME")})
     return found
 
 
