@@ -109,8 +109,9 @@ pub fn validate(root: &Root, collected: &Collected) -> (Option<Settings>, Vec<Pr
         collected,
         problems: collected.problems.clone(),
     };
+    // Settings with a built-in default are required: `collect` always gives them.
     // Only a valid `true` allows http; an invalid value is reported and allows nothing.
-    let insecure_http = v.check(Key::InsecureHttp, check_bool).valid() == Some(true);
+    let insecure_http = v.require(Key::InsecureHttp, check_bool) == Some(true);
     let primary = v.check(Key::Primary, |value| check_primary(value, insecure_http));
     let account = v.check(Key::Account, |value| {
         let s = text(value, ACCOUNT_FIX)?;
@@ -123,7 +124,7 @@ pub fn validate(root: &Root, collected: &Collected) -> (Option<Settings>, Vec<Pr
         let s = text(value, fix)?;
         check_dns_name(s).map_err(|why| invalid(format!("{s:?} is not a host name: {why}"), fix))
     });
-    let dns_check = v.check(Key::DnsCheck, |value| {
+    let dns_check = v.require(Key::DnsCheck, |value| {
         let fix = "use warn, require or off";
         match text(value, fix)? {
             "warn" => Ok(DnsCheck::Warn),
@@ -136,24 +137,20 @@ pub fn validate(root: &Root, collected: &Collected) -> (Option<Settings>, Vec<Pr
     let primary_ca =
         v.check_with_origin(Key::PrimaryCa, |value, entry| check_ca(root, value, entry));
     let primary_ca_sha256 = v.check(Key::PrimaryCaSha256, check_pin);
-    let connect_timeout = v.check(Key::ConnectTimeout, |value| {
+    let connect_timeout = v.require(Key::ConnectTimeout, |value| {
         check_duration(value, 1, 600, false)
     });
-    let request_timeout = v.check(Key::RequestTimeout, |value| {
+    let request_timeout = v.require(Key::RequestTimeout, |value| {
         check_duration(value, 1, 3600, false)
     });
-    let deadline = v.check(Key::Deadline, |value| {
+    let deadline = v.require(Key::Deadline, |value| {
         check_duration(value, 10, 30 * 86400, true)
     });
 
+    // A missing primary or account is reported after every invalid value, as `check` lists them.
     let mut problems = v.problems;
-    // Settings with a built-in default are required too: `collect` always gives them.
     let primary = primary.required(Key::Primary, &mut problems);
     let account = account.required(Key::Account, &mut problems);
-    let dns_check = dns_check.required(Key::DnsCheck, &mut problems);
-    let connect_timeout = connect_timeout.required(Key::ConnectTimeout, &mut problems);
-    let request_timeout = request_timeout.required(Key::RequestTimeout, &mut problems);
-    let deadline = deadline.required(Key::Deadline, &mut problems);
     let settings = (|| {
         if problems.iter().any(Problem::is_error) {
             return None;
@@ -205,6 +202,15 @@ impl Validator<'_> {
         f: impl FnOnce(&RawValue) -> Result<T, Invalid>,
     ) -> Checked<T> {
         self.check_with_origin(key, |value, _| f(value))
+    }
+
+    /// Checks a setting that must be there, recording that it is missing if no source gave it.
+    fn require<T>(
+        &mut self,
+        key: Key,
+        f: impl FnOnce(&RawValue) -> Result<T, Invalid>,
+    ) -> Option<T> {
+        self.check(key, f).required(key, &mut self.problems)
     }
 
     fn check_with_origin<T>(
@@ -706,6 +712,7 @@ mod tests {
         assert_eq!(
             subjects,
             [
+                "insecure-http",
                 "dns-check",
                 "connect-timeout",
                 "request-timeout",
