@@ -232,7 +232,7 @@ async fn ask_and_provision(root: &Root, args: &InstallArgs) -> anyhow::Result<u8
         primary: text(take(&mut flags, Key::Primary)),
         account: text(take(&mut flags, Key::Account)),
         key: match take(&mut flags, Key::ApiKey) {
-            Some(RawValue::Secret(s)) if s.is_blank() => KeyAnswer::Default,
+            Some(v) if v.is_blank_secret() => KeyAnswer::Default,
             Some(RawValue::Secret(s)) => KeyAnswer::Typed(s),
             _ => KeyAnswer::Keep,
         },
@@ -260,14 +260,14 @@ async fn ask_and_provision(root: &Root, args: &InstallArgs) -> anyhow::Result<u8
     let current_key = current
         .effective(Key::ApiKey)
         .filter(|e| !matches!(e.origin.source, Source::Default(_)))
-        .filter(|e| !matches!(&e.value, RawValue::Secret(s) if s.is_blank()))
+        .filter(|e| !e.value.is_blank_secret())
         .map(|e| e.origin.describe());
     let has_default_key = current
         .layers
         .iter()
         .filter(|l| matches!(l.source, Source::Default(_)))
         .filter_map(|l| l.get(Key::ApiKey))
-        .any(|e| !matches!(&e.value, RawValue::Secret(s) if s.is_blank()));
+        .any(|e| !e.value.is_blank_secret());
 
     let mut ask: Vec<Field> = Vec::new();
     if answers.primary.is_none() {

@@ -7,7 +7,7 @@ use crate::disk;
 use crate::exit;
 use crate::problem::{Code, Problem};
 use crate::root::Root;
-use crate::settings::{self, Collected, GWSEED_DEVICE, GWSEED_FILE, Key, RawValue, Source, seed};
+use crate::settings::{self, Collected, GWSEED_DEVICE, GWSEED_FILE, Key, Source, seed};
 use std::io::{Read, Seek, SeekFrom, Write};
 
 fn shown() -> String {
@@ -35,7 +35,7 @@ fn image_error(image: &std::path::Path, e: std::io::Error) -> u8 {
 fn validate(text: &str) -> (bool, Vec<Problem>) {
     let (layer, problems) = seed::parse(text, Source::Seed(shown()));
     let collected = Collected {
-        layers: vec![layer],
+        layers: vec![layer, settings::builtin_layer()],
         problems,
         given: true,
         gwseed: None,
@@ -150,11 +150,10 @@ fn show(image: &std::path::Path, json: bool) -> anyhow::Result<u8> {
     } else {
         for &key in Key::ALL {
             if let Some(e) = layer.get(key) {
-                let value = match &e.value {
-                    RawValue::Secret(s) if s.is_blank() => {
-                        "\"\" (the image's default key)".to_string()
-                    }
-                    other => other.to_string(),
+                let value = if e.value.is_blank_secret() {
+                    "\"\" (the image's default key)".to_string()
+                } else {
+                    e.value.to_string()
                 };
                 println!("{key} = {value}");
             }

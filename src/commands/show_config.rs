@@ -4,22 +4,26 @@
 use crate::cli::ShowConfigArgs;
 use crate::exit;
 use crate::root::Root;
-use crate::settings::validate::builtin_default;
-use crate::settings::{Key, RawValue, Source};
+use crate::settings::{Collected, Key, RawValue};
 use std::io::Write;
+
+/// Each setting with the value in effect and its source's tag; `None` when nothing gives it.
+/// The built-in defaults are a layer too: they show with their tag, `built-in`.
+fn rows(collected: &Collected) -> Vec<(Key, Option<(RawValue, String)>)> {
+    Key::ALL
+        .iter()
+        .map(|&key| {
+            let shown = collected
+                .effective(key)
+                .map(|entry| (entry.value.clone(), entry.origin.source.tag()));
+            (key, shown)
+        })
+        .collect()
+}
 
 pub fn run(root: &Root, args: &ShowConfigArgs) -> anyhow::Result<u8> {
     let collected = super::load(root, &args.settings);
-    let rows: Vec<(Key, Option<(RawValue, String)>)> = Key::ALL
-        .iter()
-        .map(|&key| {
-            let shown = match collected.effective(key) {
-                Some(entry) => Some((entry.value.clone(), entry.origin.source.tag())),
-                None => builtin_default(key).map(|v| (v, Source::BuiltIn.tag())),
-            };
-            (key, shown)
-        })
-        .collect();
+    let rows = rows(&collected);
 
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -71,5 +75,50 @@ fn toml_value(value: &RawValue) -> String {
             toml::Value::Array(items.iter().cloned().map(toml::Value::String).collect()).to_string()
         }
         RawValue::Other(name) => format!("\"({name})\""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::{Source, builtin_layer, seed};
+
+    fn shown(seed_text: &str) -> Vec<(Key, Option<(RawValue, String)>)> {
+        let (layer, problems) =
+            seed::parse(seed_text, Source::Seed("/etc/gateway/seed.toml".into()));
+        assert!(problems.is_empty(), "{problems:?}");
+        rows(&Collected {
+            layers: vec![layer, builtin_layer()],
+            problems,
+            given: true,
+            gwseed: None,
+        })
+    }
+
+    fn row(rows: &[(Key, Option<(RawValue, String)>)], key: Key) -> Option<(String, String)> {
+        let (_, shown) = rows.iter().find(|(k, _)| *k == key)?;
+        shown
+            .as_ref()
+            .map(|(value, origin)| (toml_value(value), origin.clone()))
+    }
+
+    #[test]
+    fn defaults_show_with_the_built_in_tag_and_give_way_to_a_seed() {
+        let rows = shown("deadline = \"1h\"\n");
+        let builtin = |value: &str| Some((value.to_string(), "built-in".to_string()));
+        assert_eq!(row(&rows, Key::ConnectTimeout), builtin("\"10s\""));
+        assert_eq!(row(&rows, Key::RequestTimeout), builtin("\"30s\""));
+        assert_eq!(row(&rows, Key::DnsCheck), builtin("\"warn\""));
+        assert_eq!(row(&rows, Key::InsecureHttp), builtin("false"));
+        assert_eq!(
+            row(&rows, Key::Deadline),
+            Some((
+                "\"1h\"".to_string(),
+                "seed:/etc/gateway/seed.toml".to_string()
+            ))
+        );
+        // No default: not set.
+        assert_eq!(row(&rows, Key::Primary), None);
+        assert_eq!(row(&rows, Key::Nameservers), None);
     }
 }

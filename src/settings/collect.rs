@@ -2,11 +2,14 @@
 //! flags > kernel command line > credentials (`gateway.<key>`, then `gateway.seed`)
 //! > `/etc/gateway/seed.toml` > `/boot/gateway-seed.toml` > `seed.toml` on `GWSEED`
 //! > vendor defaults (`/usr/lib/gateway-firstboot/defaults.toml`) > built-in defaults.
+//!
+//! The built-in defaults are a layer like the others ([`builtin_layer`], always present), so
+//! every setting with a default has an entry and validation has no defaults of its own.
 
 use super::gwseed::{self, UsedGwseed};
 use super::{
-    BOOT_SEED, ETC_SEED, Entry, GWSEED_FILE, Key, Layer, PROC_CMDLINE, RawValue, Source,
-    VENDOR_DEFAULTS, cmdline, credentials, seed,
+    BOOT_SEED, ETC_SEED, Entry, GWSEED_FILE, Key, Kind, Layer, Origin, PROC_CMDLINE, RawValue,
+    Source, VENDOR_DEFAULTS, cmdline, credentials, seed,
 };
 use crate::problem::{Code, Problem};
 use crate::root::Root;
@@ -41,13 +44,13 @@ impl Collected {
     /// it gives way to the vendor default when there is one.
     pub fn effective(&self, key: Key) -> Option<&Entry> {
         let winner = self.layers.iter().find_map(|l| l.get(key))?;
-        if matches!(&winner.value, RawValue::Secret(s) if s.is_blank()) {
+        if winner.value.is_blank_secret() {
             let default = self
                 .layers
                 .iter()
                 .filter(|l| matches!(l.source, Source::Default(_)))
                 .find_map(|l| l.get(key))
-                .filter(|e| !matches!(&e.value, RawValue::Secret(s) if s.is_blank()));
+                .filter(|e| !e.value.is_blank_secret());
             return default.or(Some(winner));
         }
         Some(winner)
@@ -59,7 +62,7 @@ impl Collected {
         self.given
     }
 
-    /// True when some source other than the vendor defaults names the primary or the account,
+    /// True when some source other than the defaults names the primary or the account,
     /// or a source is broken: there is something to provision from, or to report. Until then
     /// the unit waits for a seed (`provision --wait-for-seed`); site-wide settings alone (a CA
     /// pin in a credential) do not end the wait.
@@ -68,7 +71,7 @@ impl Collected {
             || self
                 .layers
                 .iter()
-                .filter(|l| !matches!(l.source, Source::Default(_)))
+                .filter(|l| !l.source.is_default())
                 .any(|l| l.get(Key::Primary).is_some() || l.get(Key::Account).is_some())
     }
 }
@@ -122,6 +125,7 @@ pub fn collect(root: &Root, inputs: Inputs) -> Collected {
         problems.append(&mut found);
         layers.push(layer);
     }
+    layers.push(builtin_layer());
 
     problems.extend(disagreements(&layers));
     Collected {
@@ -130,6 +134,30 @@ pub fn collect(root: &Root, inputs: Inputs) -> Collected {
         given,
         gwseed,
     }
+}
+
+/// The agent's own defaults ([`Key::builtin_default`]): the lowest layer, under the vendor
+/// defaults. Booleans are held as booleans, as a seed file holds them.
+pub fn builtin_layer() -> Layer {
+    let mut layer = Layer::new(Source::BuiltIn);
+    layer.entries = Key::ALL
+        .iter()
+        .filter_map(|&key| {
+            let text = key.builtin_default()?;
+            let value = match key.kind() {
+                Kind::Bool => text
+                    .parse()
+                    .map_or_else(|_| RawValue::from_text(key, text), RawValue::Bool),
+                _ => RawValue::from_text(key, text),
+            };
+            Some(Entry {
+                key,
+                value,
+                origin: Origin::new(Source::BuiltIn),
+            })
+        })
+        .collect();
+    layer
 }
 
 /// Reads a small text document; `None` if it does not exist (or cannot be used, with a problem).
@@ -200,7 +228,7 @@ fn read_seed_file(root: &Root, path: &str, problems: &mut Vec<Problem>) -> Optio
     problems.append(&mut found);
     if let Some(key_entry) = layer
         .get(Key::ApiKey)
-        .filter(|e| !matches!(&e.value, RawValue::Secret(s) if s.is_blank()))
+        .filter(|e| !e.value.is_blank_secret())
         && let Some(mode) = readable_by_others(&real)
     {
         problems.push(

@@ -446,16 +446,27 @@ struct Seeded {
 /// not FAT.
 pub(crate) fn decide(seen: Vec<(Candidate, Outcome)>) -> Decision {
     let mut decision = Decision::default();
-    let mut seeded = Vec::new();
-    for (candidate, outcome) in seen {
-        let device = candidate.device.display().to_string();
-        match outcome {
-            Outcome::Fat {
-                label,
-                volume_id,
-                seed,
-            } if is_gwseed(&label) => match seed {
-                Ok(Some(bytes)) => seeded.push(Seeded {
+    let seeded: Vec<Seeded> = seen
+        .into_iter()
+        .filter_map(|(candidate, outcome)| seeded(candidate, outcome, &mut decision))
+        .collect();
+    let (first, passed) = in_order(seeded);
+    decision.used = choose(&first, &passed, &mut decision);
+    decision
+}
+
+/// The seed a candidate holds, if it is a `GWSEED` with `seed.toml`; what else it tells is
+/// recorded in `decision` (an unreadable `GWSEED` is a problem, a slow disk a note).
+fn seeded(candidate: Candidate, outcome: Outcome, decision: &mut Decision) -> Option<Seeded> {
+    let device = candidate.device.display().to_string();
+    match outcome {
+        Outcome::Fat {
+            label,
+            volume_id,
+            seed,
+        } if is_gwseed(&label) => match seed {
+            Ok(Some(bytes)) => {
+                return Some(Seeded {
                     found: Found {
                         device,
                         volume_id,
@@ -463,26 +474,32 @@ pub(crate) fn decide(seen: Vec<(Candidate, Outcome)>) -> Decision {
                     },
                     on_boot_disk: candidate.on_boot_disk,
                     removable: candidate.removable,
-                }),
-                Ok(None) => decision.notes.push((
-                    log::Level::Info,
-                    format!("{device}: a GWSEED filesystem without {GWSEED_FILE}; skipped"),
-                )),
-                Err(e) => decision.problems.push(unreadable(&device, &e)),
-            },
-            Outcome::Unreadable(e) if candidate.udev_gwseed => {
-                decision.problems.push(unreadable(&device, &e));
+                });
             }
-            Outcome::TooSlow => decision.notes.push((
-                log::Level::Warn,
-                format!(
-                    "{device}: no answer within {}s; skipped in the search for GWSEED",
-                    DEADLINE.as_secs()
-                ),
+            Ok(None) => decision.notes.push((
+                log::Level::Info,
+                format!("{device}: a GWSEED filesystem without {GWSEED_FILE}; skipped"),
             )),
-            Outcome::Fat { .. } | Outcome::Unreadable(_) | Outcome::NoMedium => {}
+            Err(e) => decision.problems.push(unreadable(&device, &e)),
+        },
+        Outcome::Unreadable(e) if candidate.udev_gwseed => {
+            decision.problems.push(unreadable(&device, &e));
         }
+        Outcome::TooSlow => decision.notes.push((
+            log::Level::Warn,
+            format!(
+                "{device}: no answer within {}s; skipped in the search for GWSEED",
+                DEADLINE.as_secs()
+            ),
+        )),
+        Outcome::Fat { .. } | Outcome::Unreadable(_) | Outcome::NoMedium => {}
     }
+    None
+}
+
+/// The group the seed is chosen from (the sticks, or else the boot disk's own partitions),
+/// removable ones first, then by device name; and the boot disk's seeds the sticks pass over.
+fn in_order(seeded: Vec<Seeded>) -> (Vec<Seeded>, Vec<Seeded>) {
     let (sticks, own): (Vec<Seeded>, Vec<Seeded>) =
         seeded.into_iter().partition(|s| !s.on_boot_disk);
     let (mut first, passed) = if sticks.is_empty() {
@@ -491,42 +508,23 @@ pub(crate) fn decide(seen: Vec<(Candidate, Outcome)>) -> Decision {
         (sticks, own)
     };
     first.sort_by(|a, b| (!a.removable, &a.found.device).cmp(&(!b.removable, &b.found.device)));
-    let Some(chosen) = first.first() else {
-        return decision;
-    };
+    (first, passed)
+}
+
+/// The first of `first` when all of them hold the same seed (the others are warned about);
+/// none, with an error, when they differ.
+fn choose(first: &[Seeded], passed: &[Seeded], decision: &mut Decision) -> Option<Found> {
+    let chosen = first.first()?;
     if first.iter().any(|s| s.found.bytes != chosen.found.bytes) {
         let devices: Vec<&str> = first.iter().map(|s| s.found.device.as_str()).collect();
-        decision.problems.push(
-            Problem::error(
-                Code::GwseedAmbiguous,
-                GWSEED_LABEL,
-                format!(
-                    "{} hold different {GWSEED_FILE} files: which one to use is not clear",
-                    listed(&devices)
-                ),
-            )
-            .fix("keep one: unplug the other GWSEED sticks, or give them the same seed.toml"),
-        );
-        return decision;
+        decision.problems.push(ambiguous(&devices));
+        return None;
     }
     let used = &chosen.found.device;
     for copy in &first[1..] {
-        let device = &copy.found.device;
-        decision.problems.push(
-            Problem::warning(
-                Code::GwseedCopy,
-                device.as_str(),
-                format!(
-                    "holds the same {GWSEED_FILE} as {used}, which is the one used: the API key \
-                     is removed from {used} only"
-                ),
-            )
-            .fix(format!(
-                "unplug {device}, or remove the api-key line from its seed"
-            )),
-        );
+        decision.problems.push(same_copy(&copy.found.device, used));
     }
-    for other in &passed {
+    for other in passed {
         decision.notes.push((
             log::Level::Info,
             format!(
@@ -540,8 +538,33 @@ pub(crate) fn decide(seen: Vec<(Candidate, Outcome)>) -> Decision {
         log::Level::Info,
         format!("reading the seed from {used}:{GWSEED_FILE}"),
     ));
-    decision.used = Some(chosen.found.clone());
-    decision
+    Some(chosen.found.clone())
+}
+
+fn ambiguous(devices: &[&str]) -> Problem {
+    Problem::error(
+        Code::GwseedAmbiguous,
+        GWSEED_LABEL,
+        format!(
+            "{} hold different {GWSEED_FILE} files: which one to use is not clear",
+            listed(devices)
+        ),
+    )
+    .fix("keep one: unplug the other GWSEED sticks, or give them the same seed.toml")
+}
+
+fn same_copy(device: &str, used: &str) -> Problem {
+    Problem::warning(
+        Code::GwseedCopy,
+        device,
+        format!(
+            "holds the same {GWSEED_FILE} as {used}, which is the one used: the API key \
+             is removed from {used} only"
+        ),
+    )
+    .fix(format!(
+        "unplug {device}, or remove the api-key line from its seed"
+    ))
 }
 
 fn unreadable(device: &str, e: &io::Error) -> Problem {

@@ -16,7 +16,9 @@ pub enum Kind {
 }
 
 macro_rules! keys {
-    ($($variant:ident = $name:literal, $kind:ident, $help:literal;)*) => {
+    (@default) => { None };
+    (@default $default:literal) => { Some($default) };
+    ($($variant:ident = $name:literal, $kind:ident, $help:literal $(, default $default:literal)?;)*) => {
         /// A provisioning setting.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum Key { $($variant),* }
@@ -38,6 +40,13 @@ macro_rules! keys {
             pub fn help(self) -> &'static str {
                 match self { $(Key::$variant => $help),* }
             }
+
+            /// The agent's own default, as the text a source would give; `None`: no default
+            /// (the setting is required, or leaving it out means something). Collected as the
+            /// lowest layer (`Source::BuiltIn`), so validation sees it like any given value.
+            pub fn builtin_default(self) -> Option<&'static str> {
+                match self { $(Key::$variant => keys!(@default $($default)?)),* }
+            }
         }
     };
 }
@@ -47,14 +56,14 @@ keys! {
     Account = "account", Text, "DNS name of the account this server attaches to";
     ApiKey = "api-key", Secret, "API key from the account settings; blank means the default restricted key";
     Hostname = "hostname", Text, "this server's host name or FQDN (default: the system's)";
-    DnsCheck = "dns-check", Text, "DNS self-check policy: warn, require or off";
+    DnsCheck = "dns-check", Text, "DNS self-check policy: warn, require or off", default "warn";
     Nameservers = "nameservers", List, "DNS servers for the self-check (default: the system's resolver)";
     PrimaryCa = "primary-ca", Text, "CA certificate of a primary with a private CA: PEM text or an absolute path";
     PrimaryCaSha256 = "primary-ca-sha256", Text, "SHA-256 fingerprint pinning the primary's certificate or CA";
-    ConnectTimeout = "connect-timeout", Duration, "time allowed for one TCP and TLS connection attempt";
-    RequestTimeout = "request-timeout", Duration, "time allowed for one request to the primary";
-    Deadline = "deadline", Duration, "how long to keep retrying transient failures, or infinity";
-    InsecureHttp = "insecure-http", Bool, "allow a plain http:// primary; for testing only";
+    ConnectTimeout = "connect-timeout", Duration, "time allowed for one TCP and TLS connection attempt", default "10s";
+    RequestTimeout = "request-timeout", Duration, "time allowed for one request to the primary", default "30s";
+    Deadline = "deadline", Duration, "how long to keep retrying transient failures, or infinity", default "30m";
+    InsecureHttp = "insecure-http", Bool, "allow a plain http:// primary; for testing only", default "false";
 }
 
 impl Key {

@@ -9,7 +9,7 @@ mod keys;
 pub mod seed;
 pub mod validate;
 
-pub use collect::{Collected, collect};
+pub use collect::{Collected, builtin_layer, collect};
 pub use keys::{Key, Kind};
 pub use validate::{Settings, validate};
 
@@ -58,6 +58,11 @@ impl Source {
             Source::Default(path) => format!("default:{path}"),
             Source::BuiltIn => "built-in".into(),
         }
+    }
+
+    /// True for the image's and the agent's own defaults: values nobody gave for this server.
+    pub fn is_default(&self) -> bool {
+        matches!(self, Source::Default(_) | Source::BuiltIn)
     }
 
     /// True for sources that hold a whole seed document.
@@ -146,6 +151,11 @@ impl RawValue {
             ),
             Kind::Text | Kind::Bool | Kind::Duration => RawValue::Text(text.to_string()),
         }
+    }
+
+    /// True for an API key given blank: "use the image's default restricted key".
+    pub fn is_blank_secret(&self) -> bool {
+        matches!(self, RawValue::Secret(s) if s.is_blank())
     }
 
     /// What kind of value this is, for "expected X, found Y" messages.

@@ -48,17 +48,35 @@ pub struct Settings {
     pub insecure_http: bool,
 }
 
-/// The agent's own defaults, for settings no source gave.
-pub fn builtin_default(key: Key) -> Option<RawValue> {
-    let text = match key {
-        Key::DnsCheck => "warn",
-        Key::ConnectTimeout => "10s",
-        Key::RequestTimeout => "30s",
-        Key::Deadline => "30m",
-        Key::InsecureHttp => return Some(RawValue::Bool(false)),
-        _ => return None,
-    };
-    Some(RawValue::Text(text.into()))
+/// The outcome of checking one setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Checked<T> {
+    /// No source gave it (nor has it a built-in default).
+    NotGiven,
+    /// Given, and valid.
+    Valid(T),
+    /// Given but invalid; the problem is already recorded.
+    Invalid,
+}
+
+impl<T> Checked<T> {
+    /// The value if it is valid. For a setting that may be left out, and for one whose
+    /// problem is already recorded.
+    fn valid(self) -> Option<T> {
+        match self {
+            Checked::Valid(v) => Some(v),
+            Checked::NotGiven | Checked::Invalid => None,
+        }
+    }
+
+    /// The value of a setting that must be there: records that it is missing when no source
+    /// gave it (for a setting with a built-in default, only a caller that bypassed `collect`).
+    fn required(self, key: Key, problems: &mut Vec<Problem>) -> Option<T> {
+        if let Checked::NotGiven = self {
+            problems.push(missing(key));
+        }
+        self.valid()
+    }
 }
 
 /// A failed check: what is wrong, and the fix.
@@ -91,10 +109,9 @@ pub fn validate(root: &Root, collected: &Collected) -> (Option<Settings>, Vec<Pr
         collected,
         problems: collected.problems.clone(),
     };
-    let insecure_http = v
-        .check(Key::InsecureHttp, check_bool)
-        .unwrap_or(Some(false))
-        .unwrap_or(false);
+    // Settings with a built-in default are required: `collect` always gives them.
+    // Only a valid `true` allows http; an invalid value is reported and allows nothing.
+    let insecure_http = v.require(Key::InsecureHttp, check_bool) == Some(true);
     let primary = v.check(Key::Primary, |value| check_primary(value, insecure_http));
     let account = v.check(Key::Account, |value| {
         let s = text(value, ACCOUNT_FIX)?;
@@ -107,7 +124,7 @@ pub fn validate(root: &Root, collected: &Collected) -> (Option<Settings>, Vec<Pr
         let s = text(value, fix)?;
         check_dns_name(s).map_err(|why| invalid(format!("{s:?} is not a host name: {why}"), fix))
     });
-    let dns_check = v.check(Key::DnsCheck, |value| {
+    let dns_check = v.require(Key::DnsCheck, |value| {
         let fix = "use warn, require or off";
         match text(value, fix)? {
             "warn" => Ok(DnsCheck::Warn),
@@ -120,19 +137,20 @@ pub fn validate(root: &Root, collected: &Collected) -> (Option<Settings>, Vec<Pr
     let primary_ca =
         v.check_with_origin(Key::PrimaryCa, |value, entry| check_ca(root, value, entry));
     let primary_ca_sha256 = v.check(Key::PrimaryCaSha256, check_pin);
-    let connect_timeout = v.check(Key::ConnectTimeout, |value| {
+    let connect_timeout = v.require(Key::ConnectTimeout, |value| {
         check_duration(value, 1, 600, false)
     });
-    let request_timeout = v.check(Key::RequestTimeout, |value| {
+    let request_timeout = v.require(Key::RequestTimeout, |value| {
         check_duration(value, 1, 3600, false)
     });
-    let deadline = v.check(Key::Deadline, |value| {
+    let deadline = v.require(Key::Deadline, |value| {
         check_duration(value, 10, 30 * 86400, true)
     });
 
-    let primary = required(Key::Primary, primary, &mut v.problems);
-    let account = required(Key::Account, account, &mut v.problems);
+    // A missing primary or account is reported after every invalid value, as `check` lists them.
     let mut problems = v.problems;
+    let primary = primary.required(Key::Primary, &mut problems);
+    let account = account.required(Key::Account, &mut problems);
     let settings = (|| {
         if problems.iter().any(Problem::is_error) {
             return None;
@@ -143,22 +161,15 @@ pub fn validate(root: &Root, collected: &Collected) -> (Option<Settings>, Vec<Pr
             account: account?,
             api_key,
             api_key_is_default,
-            hostname: hostname.flatten(),
-            dns_check: dns_check.flatten().unwrap_or(DnsCheck::Warn),
-            nameservers: nameservers.flatten().unwrap_or_default(),
-            primary_ca: primary_ca.flatten(),
-            primary_ca_sha256: primary_ca_sha256.flatten(),
-            connect_timeout: connect_timeout
-                .flatten()
-                .flatten()
-                .unwrap_or(Duration::from_secs(10)),
-            request_timeout: request_timeout
-                .flatten()
-                .flatten()
-                .unwrap_or(Duration::from_secs(30)),
-            deadline: deadline
-                .flatten()
-                .unwrap_or(Some(Duration::from_secs(30 * 60))),
+            hostname: hostname.valid(),
+            dns_check: dns_check?,
+            nameservers: nameservers.valid().unwrap_or_default(),
+            primary_ca: primary_ca.valid(),
+            primary_ca_sha256: primary_ca_sha256.valid(),
+            // Neither timeout takes `infinity`.
+            connect_timeout: connect_timeout??,
+            request_timeout: request_timeout??,
+            deadline: deadline?,
             insecure_http,
         })
     })();
@@ -168,17 +179,6 @@ pub fn validate(root: &Root, collected: &Collected) -> (Option<Settings>, Vec<Pr
 
 const ACCOUNT_FIX: &str =
     "give the account's DNS name as shown in its settings on the primary, for example acme.example";
-
-/// A required setting: reports it when no source gave it.
-fn required<T>(key: Key, value: Option<Option<T>>, problems: &mut Vec<Problem>) -> Option<T> {
-    match value {
-        Some(v) => v,
-        None => {
-            problems.push(missing(key));
-            None
-        }
-    }
-}
 
 fn missing(key: Key) -> Problem {
     Problem::error(Code::missing(key), key.name(), "is not set").fix(format!(
@@ -195,30 +195,40 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    /// Checks the effective value of `key`. `None`: not set anywhere; `Some(None)`: set but
-    /// invalid (a problem was recorded); `Some(Some(v))`: valid.
+    /// Checks the effective value of `key`, recording the problem if it is invalid.
     fn check<T>(
         &mut self,
         key: Key,
         f: impl FnOnce(&RawValue) -> Result<T, Invalid>,
-    ) -> Option<Option<T>> {
+    ) -> Checked<T> {
         self.check_with_origin(key, |value, _| f(value))
+    }
+
+    /// Checks a setting that must be there, recording that it is missing if no source gave it.
+    fn require<T>(
+        &mut self,
+        key: Key,
+        f: impl FnOnce(&RawValue) -> Result<T, Invalid>,
+    ) -> Option<T> {
+        self.check(key, f).required(key, &mut self.problems)
     }
 
     fn check_with_origin<T>(
         &mut self,
         key: Key,
         f: impl FnOnce(&RawValue, &Entry) -> Result<T, Invalid>,
-    ) -> Option<Option<T>> {
-        let entry = self.collected.effective(key)?;
-        Some(match f(&entry.value, entry) {
-            Ok(v) => Some(v),
+    ) -> Checked<T> {
+        let Some(entry) = self.collected.effective(key) else {
+            return Checked::NotGiven;
+        };
+        match f(&entry.value, entry) {
+            Ok(v) => Checked::Valid(v),
             Err(Invalid { message, fix }) => {
                 self.problems
                     .push(Problem::error(Code::invalid(key), entry.subject(), message).fix(fix));
-                None
+                Checked::Invalid
             }
-        })
+        }
     }
 
     fn api_key(&mut self) -> Option<(Secret, bool)> {
@@ -230,16 +240,16 @@ impl Validator<'_> {
             )
             .fix("set api-key to a key from the account settings on the primary, or build the image with a default key")
         };
-        let Some(entry) = self.collected.effective(Key::ApiKey) else {
+        let Some(entry) = self
+            .collected
+            .effective(Key::ApiKey)
+            .filter(|e| !e.value.is_blank_secret())
+        else {
             self.problems.push(no_default());
             return None;
         };
         let fix = "copy the API key again from the account settings on the primary";
         let key = match &entry.value {
-            RawValue::Secret(s) if s.is_blank() => {
-                self.problems.push(no_default());
-                return None;
-            }
             RawValue::Secret(s) => s,
             other => {
                 let message = format!("expected a string, found {}", other.type_name());
@@ -605,6 +615,137 @@ fn parse_duration(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::{builtin_layer, seed};
+
+    const GIVEN: &str = "primary = \"primary.example\"\naccount = \"acme.example\"\n\
+                         api-key = \"gwk_0123456789abcdef\"\n";
+
+    /// Validates a seed in /etc/gateway/seed.toml over the built-in defaults, as `collect` has it.
+    fn validate_seed(text: &str) -> (Option<Settings>, Vec<Problem>) {
+        let (layer, problems) = seed::parse(text, Source::Seed("/etc/gateway/seed.toml".into()));
+        assert!(problems.is_empty(), "{problems:?}");
+        let collected = Collected {
+            layers: vec![layer, builtin_layer()],
+            problems,
+            given: true,
+            gwseed: None,
+        };
+        validate(&Root::new("/nonexistent"), &collected)
+    }
+
+    #[test]
+    fn every_built_in_default_is_valid_and_used() {
+        let (settings, problems) = validate_seed(GIVEN);
+        assert!(problems.is_empty(), "{problems:?}");
+        let s = settings.unwrap();
+        assert_eq!(s.dns_check, DnsCheck::Warn);
+        assert_eq!(s.connect_timeout, Duration::from_secs(10));
+        assert_eq!(s.request_timeout, Duration::from_secs(30));
+        assert_eq!(s.deadline, Some(Duration::from_secs(30 * 60)));
+        assert!(!s.insecure_http);
+        assert!(s.nameservers.is_empty() && s.hostname.is_none());
+    }
+
+    #[test]
+    fn a_seed_value_overrides_the_default() {
+        let text = format!(
+            "{GIVEN}dns-check = \"off\"\nconnect-timeout = 5\nrequest-timeout = \"2m\"\n\
+             deadline = \"infinity\"\ninsecure-http = true\n"
+        );
+        let (settings, problems) = validate_seed(&text);
+        assert!(problems.is_empty(), "{problems:?}");
+        let s = settings.unwrap();
+        assert_eq!(s.dns_check, DnsCheck::Off);
+        assert_eq!(s.connect_timeout, Duration::from_secs(5));
+        assert_eq!(s.request_timeout, Duration::from_secs(120));
+        assert_eq!(s.deadline, None);
+        assert!(s.insecure_http);
+    }
+
+    #[test]
+    fn an_invalid_value_never_falls_back_to_the_default() {
+        let cases = [
+            ("dns-check = \"sometimes\"", Code::InvalidDnsCheck),
+            ("connect-timeout = \"soon\"", Code::InvalidDuration),
+            ("request-timeout = 0", Code::InvalidDuration),
+            ("deadline = \"forever\"", Code::InvalidDuration),
+            ("insecure-http = \"maybe\"", Code::InvalidBoolean),
+        ];
+        for (line, code) in cases {
+            let (settings, problems) = validate_seed(&format!("{GIVEN}{line}\n"));
+            assert!(settings.is_none(), "{line}: validated with the default");
+            let codes: Vec<Code> = problems.iter().map(|p| p.code).collect();
+            assert_eq!(codes, [code], "{line}");
+            assert!(
+                problems[0]
+                    .subject
+                    .ends_with("from /etc/gateway/seed.toml line 4"),
+                "{line}: {:?}",
+                problems[0].subject
+            );
+            assert!(problems[0].fix.is_some(), "{line}");
+        }
+    }
+
+    #[test]
+    fn an_invalid_insecure_http_allows_no_http_primary() {
+        let text = "primary = \"http://127.0.0.1:8080\"\naccount = \"acme.example\"\n\
+                    api-key = \"gwk_0123456789abcdef\"\ninsecure-http = \"maybe\"\n";
+        let (settings, problems) = validate_seed(text);
+        assert!(settings.is_none());
+        let codes: Vec<Code> = problems.iter().map(|p| p.code).collect();
+        assert_eq!(codes, [Code::InvalidBoolean, Code::InvalidPrimary]);
+    }
+
+    #[test]
+    fn without_the_defaults_layer_a_defaulted_setting_is_missing_not_defaulted() {
+        let (layer, _) = seed::parse(GIVEN, Source::Seed("/etc/gateway/seed.toml".into()));
+        let collected = Collected {
+            layers: vec![layer],
+            problems: Vec::new(),
+            given: true,
+            gwseed: None,
+        };
+        let (settings, problems) = validate(&Root::new("/nonexistent"), &collected);
+        assert!(settings.is_none());
+        let subjects: Vec<&str> = problems.iter().map(|p| p.subject.as_str()).collect();
+        assert_eq!(
+            subjects,
+            [
+                "insecure-http",
+                "dns-check",
+                "connect-timeout",
+                "request-timeout",
+                "deadline"
+            ]
+        );
+    }
+
+    #[test]
+    fn checked_helpers() {
+        let mut problems = Vec::new();
+        assert_eq!(
+            Checked::Valid(3).required(Key::Deadline, &mut problems),
+            Some(3)
+        );
+        assert_eq!(
+            Checked::<u8>::Invalid.required(Key::Deadline, &mut problems),
+            None
+        );
+        assert!(
+            problems.is_empty(),
+            "an invalid value's problem is already recorded"
+        );
+        assert_eq!(
+            Checked::<u8>::NotGiven.required(Key::Deadline, &mut problems),
+            None
+        );
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].code, Code::missing(Key::Deadline));
+        assert_eq!(Checked::Valid(3).valid(), Some(3));
+        assert_eq!(Checked::<u8>::NotGiven.valid(), None);
+        assert_eq!(Checked::<u8>::Invalid.valid(), None);
+    }
 
     #[test]
     fn dns_names() {
