@@ -32,7 +32,8 @@ fuzz_target!(|data: &[u8]| {
         assert!(!p.message.is_empty() && !p.subject.is_empty(), "{p:?}");
     }
     let collected = Collected {
-        layers: vec![layer.clone()],
+        // As the agent stacks them: the built-in defaults under the seed.
+        layers: vec![layer.clone(), settings::builtin_layer()],
         problems: problems.clone(),
         given: true,
         gwseed: None,
