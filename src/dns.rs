@@ -452,17 +452,11 @@ pub async fn recheck(root: &Root, state: &crate::state::State) -> Option<Outcome
         Some((host, _)) => (host, Some(name)),
         None => (name, None),
     };
-    let nameservers: Vec<SocketAddr> = state
+    let nameservers: &[SocketAddr] = state
         .primary
         .as_ref()
-        .map(|p| {
-            p.nameservers
-                .iter()
-                .filter_map(|n| n.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    let resolver = resolver(root, &nameservers);
+        .map_or(&[], |p| p.nameservers.as_slice());
+    let resolver = resolver(root, nameservers);
     let outcome = check(
         resolver.as_ref().map_err(String::as_str),
         host,

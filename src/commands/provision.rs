@@ -281,9 +281,8 @@ fn settings_step(
                 .unwrap_or_else(|| "run `gateway-firstboot check`".into()),
         ));
     };
-    let endpoint = Endpoint::from_settings(&settings);
     state.account = Some(settings.account.clone());
-    state.primary = Some(endpoint.access());
+    state.primary = Some(Endpoint::from_settings(&settings));
     state.api_key_is_default = settings.api_key_is_default;
     state.gwseed = collected.gwseed.clone();
     state.advance(root, Phase::Validated)?;
@@ -434,10 +433,10 @@ async fn connect_step(
     })
     .await?;
     // A pinned primary without a CA: keep the certificate the pin matched, for the gateway.
-    if let (Some(access), Some(pem)) = (state.primary.as_mut(), primary.pinned_certificate_pem())
-        && access.ca_pem.is_none()
+    if let (Some(endpoint), Some(pem)) = (state.primary.as_mut(), primary.pinned_certificate_pem())
+        && endpoint.ca_pem.is_none()
     {
-        access.ca_pem = Some(pem);
+        endpoint.ca_pem = Some(pem);
     }
     if let Some(skew) = skew.filter(|s| *s > Duration::from_secs(300)) {
         state.warnings.push(format!(
@@ -549,7 +548,7 @@ fn handoff_step(root: &Root, state: &mut State, progress: &mut Progress) -> Resu
     let primary = state
         .primary
         .as_ref()
-        .map(|p| p.url.clone())
+        .map(|p| p.url.to_string())
         .unwrap_or_default();
     let account = state.account.clone().unwrap_or_default();
     let short = state
