@@ -2,6 +2,7 @@
 //! any point resumes where it stopped. Holds no secret (the server token has its own 0600
 //! file); `status` and `/run/gateway-firstboot/status.json` are renderings of it.
 
+use crate::dns::HostName;
 use crate::failure::{Code, Failure, io};
 use crate::fsutil;
 use crate::primary::Endpoint;
@@ -57,7 +58,8 @@ pub struct State {
     pub account: Option<String>,
     /// What the trust step needs to reach the primary again after a reboot.
     pub primary: Option<Endpoint>,
-    pub hostname: Option<String>,
+    /// This server's name as provisioning found it (one string on disk, the FQDN if any).
+    pub hostname: Option<HostName>,
     pub dns: Option<DnsReport>,
     /// Records the DNS check says to create (`gw01.acme.lan. IN A 192.0.2.10`).
     pub dns_records_missing: Vec<String>,
@@ -278,7 +280,9 @@ mod tests {
         assert_eq!(ep.connect_timeout, std::time::Duration::from_secs(10));
         assert_eq!(ep.request_timeout, std::time::Duration::from_secs(30));
         assert!(!ep.insecure_http);
-        assert_eq!(state.hostname.as_deref(), Some("gw01.acme.lan"));
+        let name = state.hostname.unwrap();
+        assert_eq!(name.short, "gw01");
+        assert_eq!(name.fqdn.as_deref(), Some("gw01.acme.lan"));
     }
 
     #[test]

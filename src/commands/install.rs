@@ -587,7 +587,10 @@ fn summary(root: &Root, code: u8) {
     let id = state.server_id.as_deref().unwrap_or("?");
     let fingerprint = state.key_fingerprint.as_deref().unwrap_or("?");
     let short = crate::protocol::short_fingerprint(fingerprint);
-    let host = state.hostname.as_deref().unwrap_or("this server");
+    let host = state
+        .hostname
+        .as_ref()
+        .map_or("this server", crate::dns::HostName::full);
     wrap::say(&format!("\nDone: this server is registered as {id}."));
     wrap::say(&format!("  key fingerprint: {fingerprint}"));
     if state.trust == Some(crate::protocol::TrustState::Trusted) {

@@ -319,8 +319,7 @@ fn apply_hostname(root: &Root, name: &str) -> Result<(), Failure> {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_default();
-    let short = name.split('.').next().unwrap_or(name);
-    if current == name || current == short {
+    if current == name || current == dns::HostName::parse(name).short {
         return Ok(());
     }
     match std::process::Command::new("hostnamectl")
@@ -341,20 +340,20 @@ async fn dns_step(
     state: &mut State,
     progress: &mut Progress,
 ) -> Result<DnsReport, Failure> {
-    let (host, fqdn) = dns::names(root, settings.hostname.as_deref());
+    let name = dns::names(root, settings.hostname.as_deref());
     // The seed's name, or the DHCP server's when the system has none: make it the system's.
     let given = settings
         .hostname
         .clone()
-        .or_else(|| dns::dhcp_hostname(root).filter(|h| *h == host));
-    if let Some(name) = given {
-        apply_hostname(root, &name)?;
+        .or_else(|| dns::dhcp_hostname(root).filter(|h| *h == name.short));
+    if let Some(given) = given {
+        apply_hostname(root, &given)?;
     }
-    state.hostname = Some(fqdn.clone().unwrap_or_else(|| host.clone()));
+    state.hostname = Some(name.clone());
     if settings.dns_check == DnsCheck::Off {
         let report = DnsReport {
             status: DnsStatus::Skipped,
-            fqdn: fqdn.unwrap_or(host),
+            fqdn: name.full().to_string(),
             resolved: vec![],
             reverse: vec![],
         };
@@ -368,7 +367,7 @@ async fn dns_step(
     let report = Report::loud(Duration::from_secs(10));
     let outcome = retry(&mut backoff, state, progress, report, async |state, _| {
         let resolver = resolver.as_ref().map_err(String::as_str);
-        let outcome = dns::check(resolver, &host, fqdn.as_deref(), own).await;
+        let outcome = dns::check(resolver, &name, own).await;
         if outcome.report.status == DnsStatus::Ok || settings.dns_check == DnsCheck::Warn {
             return Ok(outcome);
         }
@@ -476,18 +475,16 @@ async fn register_step(
 ) -> Result<(), Failure> {
     let identity = Identity::load_or_create(root)?;
     failpoint("after-key");
-    let hostname = state.hostname.clone().unwrap_or_default();
-    let short_host = hostname.split('.').next().unwrap_or(&hostname).to_string();
-    let fqdn = hostname.contains('.').then(|| hostname.clone());
+    let name = state.hostname.clone().unwrap_or_default();
     let registration = Registration {
         machine_id: identity::machine_id(root)?,
-        hostname: short_host.clone(),
-        fqdn: fqdn.clone(),
+        hostname: name.short.clone(),
+        fqdn: name.fqdn.clone(),
         addresses,
         dns: report,
         serial: identity::dmi_serial(root),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        csr: identity.csr(root, &short_host, fqdn.as_deref())?,
+        csr: identity.csr(root, &name.short, name.fqdn.as_deref())?,
     };
     failpoint("before-register");
     let mut backoff = Backoff::new(BASE, CAP, settings.deadline);
