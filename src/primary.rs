@@ -4,8 +4,8 @@
 
 use crate::failure::{Code, Failure};
 use crate::protocol::{
-    API_PREFIX, AccountInfo, CertificateBundle, ErrorBody, ErrorCode, Health, RegisterResponse,
-    Registration, SecureHello, ServerRecord,
+    API_PREFIX, AccountInfo, CertificateBundle, ErrorBody, ErrorCode, Health, KeyKind,
+    RegisterResponse, Registration, SecureHello, ServerRecord,
 };
 use crate::root::Root;
 use crate::secret::Secret;
@@ -973,6 +973,46 @@ impl Primary {
             .await?
             .0)
     }
+}
+
+/// The primary reached, its health checked, the account and the API key accepted: what
+/// [`connect_and_validate`] found. Each command says it in its own words.
+pub struct Validated {
+    /// The connection, to register through.
+    pub primary: Primary,
+    /// The account as the primary names it, the key's kind, whether it trusts servers at once.
+    pub info: AccountInfo,
+    /// How far the primary's clock is from this server's, if it sent `Date`.
+    pub clock_skew: Option<Duration>,
+}
+
+impl Validated {
+    /// The key's kind as the messages say it.
+    pub fn key_kind(&self) -> &'static str {
+        match self.info.key_kind {
+            KeyKind::Restricted => "restricted",
+            KeyKind::Full => "full",
+        }
+    }
+}
+
+/// Reaches the primary (DNS, TCP, TLS, clock: `GET /health`) and validates the account domain
+/// and the API key, without registering: the one check behind `check --online`, the
+/// installer's answers and provisioning's connect step.
+pub async fn connect_and_validate(
+    root: &Root,
+    endpoint: &Endpoint,
+    account: &str,
+    key: &Secret,
+) -> Result<Validated, Failure> {
+    let primary = Primary::connect(root, endpoint, account, None).await?;
+    let clock_skew = primary.health().await?;
+    let info = primary.account_info(key).await?;
+    Ok(Validated {
+        primary,
+        info,
+        clock_skew,
+    })
 }
 
 /// `Retry-After` as seconds or an HTTP date.

@@ -11,6 +11,7 @@ use crate::cli::InstallArgs;
 use crate::exit;
 use crate::failure::Code;
 use crate::fsutil;
+use crate::primary::{Endpoint, connect_and_validate};
 use crate::problem::Problem;
 use crate::root::Root;
 use crate::secret::Secret;
@@ -356,9 +357,12 @@ async fn ask_and_provision(root: &Root, args: &InstallArgs) -> anyhow::Result<u8
             wrap::say(&format!("warning: {p}"));
         }
         let what = format!("Checking with {} ...", settings.primary);
-        match spin(interactive, &what, super::check::online(root, &settings)).await {
-            Ok(text) => {
-                wrap::say(text.trim_start_matches("online: "));
+        let endpoint = Endpoint::from_settings(&settings);
+        let validating =
+            connect_and_validate(root, &endpoint, &settings.account, &settings.api_key);
+        match spin(interactive, &what, validating).await {
+            Ok(validated) => {
+                wrap::say(&super::check::confirmed(&settings, &validated));
                 break settings;
             }
             Err(failure) => {

@@ -10,7 +10,7 @@ use crate::fsutil;
 use crate::handoff;
 use crate::identity::{self, Identity};
 use crate::lock::Lock;
-use crate::primary::{Endpoint, Primary};
+use crate::primary::{Endpoint, Primary, connect_and_validate};
 use crate::progress::{self, Progress};
 use crate::protocol::{DnsReport, DnsStatus, Registration, TrustState, short_fingerprint};
 use crate::retry::{Backoff, Report, retry};
@@ -424,31 +424,28 @@ async fn connect_step(
     let endpoint = Endpoint::from_settings(settings);
     let mut backoff = Backoff::new(BASE, CAP, settings.deadline);
     let report = Report::loud(settings.connect_timeout + settings.request_timeout * 2);
-    let (primary, info, skew) = retry(&mut backoff, state, progress, report, async |_, _| {
-        let primary = Primary::connect(root, &endpoint, &settings.account, None).await?;
-        let skew = primary.health().await?;
-        let info = primary.account_info(&settings.api_key).await?;
-        Ok((primary, info, skew))
+    let validated = retry(&mut backoff, state, progress, report, async |_, _| {
+        connect_and_validate(root, &endpoint, &settings.account, &settings.api_key).await
     })
     .await?;
     // A pinned primary without a CA: keep the certificate the pin matched, for the gateway.
-    if let (Some(endpoint), Some(pem)) = (state.primary.as_mut(), primary.pinned_certificate_pem())
+    let pinned = validated.primary.pinned_certificate_pem();
+    if let (Some(endpoint), Some(pem)) = (state.primary.as_mut(), pinned)
         && endpoint.ca_pem.is_none()
     {
         endpoint.ca_pem = Some(pem);
     }
-    if let Some(skew) = skew.filter(|s| *s > Duration::from_secs(300)) {
+    if let Some(skew) = validated
+        .clock_skew
+        .filter(|s| *s > Duration::from_secs(300))
+    {
         state.warnings.push(format!(
             "this server's clock is {}s away from the primary's; check NTP",
             skew.as_secs()
         ));
     }
     state.advance(root, Phase::Connected)?;
-    let kind = match info.key_kind {
-        crate::protocol::KeyKind::Restricted => "restricted",
-        crate::protocol::KeyKind::Full => "full",
-    };
-    let auto = if info.auto_trust {
+    let auto = if validated.info.auto_trust {
         ", servers it registers are trusted automatically"
     } else {
         ""
@@ -457,11 +454,13 @@ async fn connect_step(
         state,
         progress::MSG_CONNECTED,
         &format!(
-            "connected to {}: account {} exists, API key accepted ({kind}{auto})",
-            settings.primary, info.account
+            "connected to {}: account {} exists, API key accepted ({}{auto})",
+            settings.primary,
+            validated.info.account,
+            validated.key_kind()
         ),
     );
-    Ok(primary)
+    Ok(validated.primary)
 }
 
 async fn register_step(
