@@ -52,10 +52,53 @@ pub fn resolver(root: &Root, nameservers: &[SocketAddr]) -> Result<TokioResolver
         .map_err(|e| format!("setting up the resolver: {e}"))
 }
 
-/// This server's host name and, when it has a domain, its FQDN: the seed's `hostname` if
-/// given, else the kernel's host name, with the domain from the name itself, the kernel's
-/// domain name, or the first search domain in resolv.conf (which DHCP fills in).
-pub fn names(root: &Root, seed_hostname: Option<&str>) -> (String, Option<String>) {
+/// This server's name: the short host name and, when it has a domain, its FQDN
+/// (`gw01`, `gw01.acme.lan`). Kept as one string, the FQDN when there is one, in the state
+/// file (`hostname`); the registration sends the two parts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "String", into = "String")]
+pub struct HostName {
+    pub short: String,
+    pub fqdn: Option<String>,
+}
+
+impl HostName {
+    /// A name as written: with a dot it is an FQDN, whose first label is the short name.
+    pub fn parse(name: &str) -> HostName {
+        match name.split_once('.') {
+            Some((short, _)) => HostName {
+                short: short.to_string(),
+                fqdn: Some(name.to_string()),
+            },
+            None => HostName {
+                short: name.to_string(),
+                fqdn: None,
+            },
+        }
+    }
+
+    /// The FQDN when there is one, else the short name.
+    pub fn full(&self) -> &str {
+        self.fqdn.as_deref().unwrap_or(&self.short)
+    }
+}
+
+impl From<String> for HostName {
+    fn from(name: String) -> HostName {
+        HostName::parse(&name)
+    }
+}
+
+impl From<HostName> for String {
+    fn from(name: HostName) -> String {
+        name.full().to_string()
+    }
+}
+
+/// This server's name: the seed's `hostname` if given, else the kernel's host name, with the
+/// domain from the name itself, the kernel's domain name, or the first search domain in
+/// resolv.conf (which DHCP fills in).
+pub fn names(root: &Root, seed_hostname: Option<&str>) -> HostName {
     let read = |p: &str| {
         std::fs::read_to_string(root.path(p))
             .ok()
@@ -68,8 +111,8 @@ pub fn names(root: &Root, seed_hostname: Option<&str>) -> (String, Option<String
         .or_else(|| read("/etc/hostname"))
         .or_else(|| dhcp_hostname(root))
         .unwrap_or_else(|| "localhost".into());
-    if let Some((short, _)) = host.split_once('.') {
-        return (short.to_string(), Some(host));
+    if host.contains('.') {
+        return HostName::parse(&host);
     }
     let domain = read("/proc/sys/kernel/domainname")
         .filter(|d| d != "(none)" && d.contains('.'))
@@ -87,7 +130,7 @@ pub fn names(root: &Root, seed_hostname: Option<&str>) -> (String, Option<String
         })
         .filter(|d| !d.is_empty() && d != ".");
     let fqdn = domain.map(|d| format!("{host}.{d}"));
-    (host, fqdn)
+    HostName { short: host, fqdn }
 }
 
 /// Names that say "no name was set".
@@ -218,15 +261,14 @@ pub struct Found {
 /// Runs the check once: the lookups, then [`classify`].
 pub async fn check(
     resolver: Result<&TokioResolver, &str>,
-    hostname: &str,
-    fqdn: Option<&str>,
+    name: &HostName,
     own: &[IpAddr],
 ) -> Outcome {
-    let found = match fqdn {
+    let found = match &name.fqdn {
         Some(fqdn) => lookup(resolver, fqdn, own).await,
         None => Ok(Found::default()),
     };
-    classify(hostname, fqdn, own, found)
+    classify(name, own, found)
 }
 
 /// Looks `fqdn` up (A, AAAA), then the addresses it should lead to in reverse (PTR). `Err`:
@@ -289,22 +331,18 @@ pub fn reverse_targets(resolved: &[IpAddr], own: &[IpAddr]) -> Vec<IpAddr> {
     }
 }
 
-/// Decides what the lookups mean for this server (`hostname`, `fqdn`, its addresses `own`)
-/// and what the operator should do. `found`: what the lookups found, or why none could run.
-pub fn classify(
-    hostname: &str,
-    fqdn: Option<&str>,
-    own: &[IpAddr],
-    found: Result<Found, String>,
-) -> Outcome {
-    let shown = fqdn.unwrap_or(hostname).to_string();
+/// Decides what the lookups mean for this server (its `name`, its addresses `own`) and what
+/// the operator should do. `found`: what the lookups found, or why none could run.
+pub fn classify(name: &HostName, own: &[IpAddr], found: Result<Found, String>) -> Outcome {
+    let shown = name.full().to_string();
     let report = |status, resolved: Vec<IpAddr>, reverse: Vec<String>| DnsReport {
         status,
         fqdn: shown.clone(),
         resolved,
         reverse,
     };
-    let Some(fqdn) = fqdn else {
+    let Some(fqdn) = name.fqdn.as_deref() else {
+        let hostname = &name.short;
         return Outcome::new(
             report(DnsStatus::Missing, vec![], vec![]),
             format!(
@@ -447,26 +485,15 @@ pub async fn recheck(root: &Root, state: &crate::state::State) -> Option<Outcome
     if last.status == DnsStatus::Skipped {
         return None;
     }
-    let name = state.hostname.as_deref()?;
-    let (host, fqdn) = match name.split_once('.') {
-        Some((host, _)) => (host, Some(name)),
-        None => (name, None),
-    };
-    let nameservers: Vec<SocketAddr> = state
+    let name = state.hostname.as_ref()?;
+    let nameservers: &[SocketAddr] = state
         .primary
         .as_ref()
-        .map(|p| {
-            p.nameservers
-                .iter()
-                .filter_map(|n| n.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    let resolver = resolver(root, &nameservers);
+        .map_or(&[], |p| p.nameservers.as_slice());
+    let resolver = resolver(root, nameservers);
     let outcome = check(
         resolver.as_ref().map_err(String::as_str),
-        host,
-        fqdn,
+        name,
         &own_addresses(),
     )
     .await;
@@ -495,14 +522,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_host_name_is_one_string_on_disk_and_two_parts_inside() {
+        for (text, short, fqdn) in [
+            ("gw01.acme.lan", "gw01", Some("gw01.acme.lan")),
+            ("gw01", "gw01", None),
+        ] {
+            let name: HostName = serde_json::from_str(&format!("{text:?}")).unwrap();
+            assert_eq!((name.short.as_str(), name.fqdn.as_deref()), (short, fqdn));
+            assert_eq!(name.full(), text);
+            assert_eq!(serde_json::to_string(&name).unwrap(), format!("{text:?}"));
+        }
+    }
+
+    #[test]
     fn names_come_from_the_seed_the_kernel_or_resolv_conf() {
         let dir = tempfile::tempdir().unwrap();
         let root = Root::new(dir.path());
         assert_eq!(
             names(&root, Some("gw01.acme.lan")),
-            ("gw01".into(), Some("gw01.acme.lan".into()))
+            HostName {
+                short: "gw01".into(),
+                fqdn: Some("gw01.acme.lan".into())
+            }
         );
-        assert_eq!(names(&root, Some("gw01")), ("gw01".into(), None));
+        assert_eq!(
+            names(&root, Some("gw01")),
+            HostName {
+                short: "gw01".into(),
+                fqdn: None
+            }
+        );
         std::fs::create_dir_all(root.path("/proc/sys/kernel")).unwrap();
         std::fs::create_dir_all(root.path("/etc")).unwrap();
         std::fs::write(root.path("/proc/sys/kernel/hostname"), "GW02\n").unwrap();
@@ -514,7 +563,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             names(&root, None),
-            ("gw02".into(), Some("gw02.acme.lan".into()))
+            HostName {
+                short: "gw02".into(),
+                fqdn: Some("gw02.acme.lan".into())
+            }
         );
     }
 
@@ -567,7 +619,7 @@ mod tests {
     }
 
     fn classify_found(found: Found) -> Outcome {
-        classify("gw01", Some(FQDN), &own(), Ok(found))
+        classify(&HostName::parse(FQDN), &own(), Ok(found))
     }
 
     #[test]
@@ -663,7 +715,7 @@ mod tests {
 
     #[test]
     fn no_domain_means_no_record_can_name_the_server() {
-        let o = classify("gw01", None, &own(), Ok(Found::default()));
+        let o = classify(&HostName::parse("gw01"), &own(), Ok(Found::default()));
         assert_eq!(o.report.status, DnsStatus::Missing);
         assert_eq!(o.report.fqdn, "gw01");
         assert!(
@@ -677,8 +729,7 @@ mod tests {
     #[test]
     fn resolver_errors_are_errors_not_a_missing_record() {
         let o = classify(
-            "gw01",
-            Some(FQDN),
+            &HostName::parse(FQDN),
             &own(),
             Err("cannot check DNS for gw01.acme.lan: no DNS server".into()),
         );

@@ -5,6 +5,7 @@
 use crate::failure::{Code, Failure, io};
 use crate::fsutil;
 use crate::identity::{ACCOUNT_CA_FILE, CERT_FILE, KEY_FILE, PRIMARY_CA_FILE};
+use crate::primary::Endpoint;
 use crate::root::Root;
 use crate::settings::gwseed::{self, UsedGwseed};
 use crate::settings::{BOOT_SEED, ETC_SEED, GWSEED_FILE, seed};
@@ -20,8 +21,8 @@ pub const GATEWAY_CONFIG: &str = "/etc/gateway/gateway.toml";
 
 /// Writes /etc/gateway/gateway.toml (and the primary's CA, if the seed gave one).
 pub fn write_gateway_config(root: &Root, state: &State) -> Result<(), Failure> {
-    let primary = state.primary.clone().unwrap_or_default();
-    if let Some(pem) = &primary.ca_pem {
+    let primary = state.primary.as_ref();
+    if let Some(pem) = primary.and_then(|p| p.ca_pem.as_ref()) {
         fsutil::write_atomic(&root.path(PRIMARY_CA_FILE), pem.as_bytes(), 0o644)
             .map_err(|e| io(format!("writing {PRIMARY_CA_FILE}"), e))?;
     }
@@ -29,7 +30,10 @@ pub fn write_gateway_config(root: &Root, state: &State) -> Result<(), Failure> {
     let mut put = |k: &str, v: toml::Value| {
         t.insert(k.to_string(), v);
     };
-    put("primary", primary.url.clone().into());
+    put(
+        "primary",
+        primary.map(|p| p.url.as_str()).unwrap_or_default().into(),
+    );
     put("account", state.account.clone().unwrap_or_default().into());
     put(
         "server-id",
@@ -38,11 +42,11 @@ pub fn write_gateway_config(root: &Root, state: &State) -> Result<(), Failure> {
     put("key", KEY_FILE.into());
     put("certificate", CERT_FILE.into());
     put("account-ca", ACCOUNT_CA_FILE.into());
-    if primary.ca_pem.is_some() {
+    if primary.is_some_and(|p| p.ca_pem.is_some()) {
         put("primary-ca", PRIMARY_CA_FILE.into());
     }
-    if let Some(pin) = &primary.pin {
-        put("primary-ca-sha256", pin.clone().into());
+    if let Some(pin) = primary.and_then(Endpoint::pin_hex) {
+        put("primary-ca-sha256", pin.into());
     }
     let text = format!(
         "# Written by gateway-firstboot when it handed off to the gateway; see docs/gateway-contract.md.\n\

@@ -4,13 +4,12 @@
 
 use crate::failure::{Code, Failure};
 use crate::protocol::{
-    API_PREFIX, AccountInfo, CertificateBundle, ErrorBody, ErrorCode, Health, RegisterResponse,
-    Registration, SecureHello, ServerRecord,
+    API_PREFIX, AccountInfo, CertificateBundle, ErrorBody, ErrorCode, Health, KeyKind,
+    RegisterResponse, Registration, SecureHello, ServerRecord,
 };
 use crate::root::Root;
 use crate::secret::Secret;
 use crate::settings::Settings;
-use crate::state::PrimaryAccess;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -18,6 +17,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -31,21 +31,95 @@ const CLOCK_TOLERANCE: Duration = Duration::from_secs(300);
 /// The most the agent reads of one answer (the largest, a certificate bundle, is a few KiB).
 const MAX_RESPONSE: usize = 256 * 1024;
 
-/// Where the primary is and how to trust it.
-#[derive(Debug, Clone)]
+/// Where the primary is and how to trust it. The state file keeps it (key `primary`) so that
+/// the trust step reaches the same primary after a reboot, in the released agent's form: the
+/// address and nameservers as text, the pin as hex, the timeouts as whole seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
+    #[serde(with = "saved::address")]
     pub url: Url,
     /// PEM of extra CA certificates to trust (the seed's primary-ca).
     pub ca_pem: Option<String>,
+    #[serde(default, with = "saved::pin")]
     pub pin: Option<[u8; 32]>,
     pub nameservers: Vec<SocketAddr>,
+    #[serde(rename = "connect_timeout_secs", with = "saved::seconds")]
     pub connect_timeout: Duration,
+    #[serde(rename = "request_timeout_secs", with = "saved::seconds")]
     pub request_timeout: Duration,
     pub insecure_http: bool,
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// How the state file writes an [`Endpoint`]'s values. A value that does not read back makes
+/// the whole state file damaged ([`Code::StateCorrupt`]), its message naming the value.
+mod saved {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    fn unreadable<E: Error>(what: &str) -> E {
+        E::custom(format!("the saved primary {what} is unreadable"))
+    }
+
+    pub mod address {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(url: &::url::Url, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(url.as_str())
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<::url::Url, D::Error> {
+            let text = String::deserialize(d)?;
+            ::url::Url::parse(&text).map_err(|_| unreadable("address"))
+        }
+    }
+
+    /// The SHA-256 pin as 64 hex digits.
+    pub mod pin {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(pin: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
+            match pin {
+                Some(p) => s.serialize_some(&crate::primary::hex(p)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
+            let Some(text) = Option::<String>::deserialize(d)? else {
+                return Ok(None);
+            };
+            let bytes = text.as_bytes();
+            if bytes.len() != 64 {
+                return Err(unreadable("pin"));
+            }
+            let mut out = [0u8; 32];
+            for (b, pair) in out.iter_mut().zip(bytes.chunks(2)) {
+                *b = std::str::from_utf8(pair)
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| unreadable("pin"))?;
+            }
+            Ok(Some(out))
+        }
+    }
+
+    /// A timeout as whole seconds (settings give whole seconds, at least one).
+    pub mod seconds {
+        use super::*;
+        use std::time::Duration;
+
+        pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_u64(d.as_secs())
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+            Ok(Duration::from_secs(u64::deserialize(d)?.max(1)))
+        }
+    }
 }
 
 impl Endpoint {
@@ -61,51 +135,9 @@ impl Endpoint {
         }
     }
 
-    /// What the state file keeps, so the trust step can reach the primary after a reboot.
-    pub fn access(&self) -> PrimaryAccess {
-        PrimaryAccess {
-            url: self.url.to_string(),
-            ca_pem: self.ca_pem.clone(),
-            pin: self.pin.map(|p| hex(&p)),
-            nameservers: self.nameservers.iter().map(ToString::to_string).collect(),
-            connect_timeout_secs: self.connect_timeout.as_secs(),
-            request_timeout_secs: self.request_timeout.as_secs(),
-            insecure_http: self.insecure_http,
-        }
-    }
-
-    pub fn from_access(a: &PrimaryAccess) -> Result<Endpoint, Failure> {
-        let bad = |what: &str| {
-            Failure::with_fix(
-                Code::StateCorrupt,
-                format!("the saved primary {what} is unreadable"),
-                "provision again",
-            )
-        };
-        let pin = match &a.pin {
-            Some(h) if h.len() == 64 => {
-                let mut out = [0u8; 32];
-                for (i, b) in out.iter_mut().enumerate() {
-                    *b = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).map_err(|_| bad("pin"))?;
-                }
-                Some(out)
-            }
-            Some(_) => return Err(bad("pin")),
-            None => None,
-        };
-        Ok(Endpoint {
-            url: Url::parse(&a.url).map_err(|_| bad("address"))?,
-            ca_pem: a.ca_pem.clone(),
-            pin,
-            nameservers: a
-                .nameservers
-                .iter()
-                .filter_map(|s| s.parse().ok())
-                .collect(),
-            connect_timeout: Duration::from_secs(a.connect_timeout_secs.max(1)),
-            request_timeout: Duration::from_secs(a.request_timeout_secs.max(1)),
-            insecure_http: a.insecure_http,
-        })
+    /// `primary-ca-sha256` as the seed gives it (hex), if there is a pin.
+    pub fn pin_hex(&self) -> Option<String> {
+        self.pin.map(|p| hex(&p))
     }
 
     fn host(&self) -> String {
@@ -941,6 +973,46 @@ impl Primary {
             .await?
             .0)
     }
+}
+
+/// The primary reached, its health checked, the account and the API key accepted: what
+/// [`connect_and_validate`] found. Each command says it in its own words.
+pub struct Validated {
+    /// The connection, to register through.
+    pub primary: Primary,
+    /// The account as the primary names it, the key's kind, whether it trusts servers at once.
+    pub info: AccountInfo,
+    /// How far the primary's clock is from this server's, if it sent `Date`.
+    pub clock_skew: Option<Duration>,
+}
+
+impl Validated {
+    /// The key's kind as the messages say it.
+    pub fn key_kind(&self) -> &'static str {
+        match self.info.key_kind {
+            KeyKind::Restricted => "restricted",
+            KeyKind::Full => "full",
+        }
+    }
+}
+
+/// Reaches the primary (DNS, TCP, TLS, clock: `GET /health`) and validates the account domain
+/// and the API key, without registering: the one check behind `check --online`, the
+/// installer's answers and provisioning's connect step.
+pub async fn connect_and_validate(
+    root: &Root,
+    endpoint: &Endpoint,
+    account: &str,
+    key: &Secret,
+) -> Result<Validated, Failure> {
+    let primary = Primary::connect(root, endpoint, account, None).await?;
+    let clock_skew = primary.health().await?;
+    let info = primary.account_info(key).await?;
+    Ok(Validated {
+        primary,
+        info,
+        clock_skew,
+    })
 }
 
 /// `Retry-After` as seconds or an HTTP date.

@@ -169,7 +169,7 @@ impl Progress {
             "activity": self.activity,
             "server_id": state.server_id,
             "account": state.account,
-            "primary": state.primary.as_ref().map(|p| p.url.clone()),
+            "primary": state.primary.as_ref().map(|p| p.url.as_str()),
             "trust": state.trust,
             "key_fingerprint": state.key_fingerprint,
             "short_fingerprint": state.key_fingerprint.as_deref().map(crate::protocol::short_fingerprint),

@@ -2,8 +2,10 @@
 //! any point resumes where it stopped. Holds no secret (the server token has its own 0600
 //! file); `status` and `/run/gateway-firstboot/status.json` are renderings of it.
 
+use crate::dns::HostName;
 use crate::failure::{Code, Failure, io};
 use crate::fsutil;
+use crate::primary::Endpoint;
 use crate::protocol::{DnsReport, TrustState};
 use crate::root::Root;
 use serde::{Deserialize, Serialize};
@@ -48,28 +50,16 @@ impl Phase {
     }
 }
 
-/// What the trust step needs to reach the primary again after a reboot.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PrimaryAccess {
-    pub url: String,
-    /// PEM of the seed's `primary-ca`, if any.
-    pub ca_pem: Option<String>,
-    /// Hex SHA-256 pin, if any.
-    pub pin: Option<String>,
-    pub nameservers: Vec<String>,
-    pub connect_timeout_secs: u64,
-    pub request_timeout_secs: u64,
-    pub insecure_http: bool,
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct State {
     pub version: u32,
     pub phase: Phase,
     pub account: Option<String>,
-    pub primary: Option<PrimaryAccess>,
-    pub hostname: Option<String>,
+    /// What the trust step needs to reach the primary again after a reboot.
+    pub primary: Option<Endpoint>,
+    /// This server's name as provisioning found it (one string on disk, the FQDN if any).
+    pub hostname: Option<HostName>,
     pub dns: Option<DnsReport>,
     /// Records the DNS check says to create (`gw01.acme.lan. IN A 192.0.2.10`).
     pub dns_records_missing: Vec<String>,
@@ -238,5 +228,108 @@ mod tests {
         std::fs::write(root.path(TOKEN_FILE), b"gwt_x").unwrap();
         std::fs::write(root.path(STATE_FILE), b"{broken").unwrap();
         assert_eq!(State::load(&root).unwrap_err().code, Code::StateCorrupt);
+    }
+
+    /// A state file as the released agent wrote it (registered, waiting for authorization).
+    const RELEASED: &str = r#"{
+  "version": 1,
+  "phase": "handed-off",
+  "account": "acme.example",
+  "primary": {
+    "url": "https://primary.example:8443/",
+    "ca_pem": null,
+    "pin": "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF",
+    "nameservers": [
+      "192.0.2.53:53",
+      "[2001:db8::53]:5353"
+    ],
+    "connect_timeout_secs": 10,
+    "request_timeout_secs": 30,
+    "insecure_http": false
+  },
+  "hostname": "gw01.acme.lan",
+  "server_id": "srv_1",
+  "api_key_is_default": true,
+  "updated": "2026-11-22T01:01:01Z"
+}"#;
+
+    fn registered(dir: &tempfile::TempDir, state: &str) -> Root {
+        let root = Root::new(dir.path());
+        std::fs::create_dir_all(root.path(STATE_DIR)).unwrap();
+        std::fs::write(root.path(STATE_FILE), state).unwrap();
+        std::fs::write(root.path(TOKEN_FILE), b"gwt_x").unwrap();
+        root
+    }
+
+    #[test]
+    fn a_state_file_of_the_released_agent_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::load(&registered(&dir, RELEASED)).unwrap();
+        let ep = state.primary.unwrap();
+        assert_eq!(ep.url.as_str(), "https://primary.example:8443/");
+        assert_eq!(ep.ca_pem, None);
+        let pin = ep.pin.unwrap();
+        assert_eq!((pin[0], pin[1], pin[15], pin[31]), (0x00, 0x11, 0xff, 0xff));
+        assert_eq!(
+            ep.nameservers,
+            [
+                "192.0.2.53:53".parse().unwrap(),
+                "[2001:db8::53]:5353".parse().unwrap()
+            ]
+        );
+        assert_eq!(ep.connect_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(ep.request_timeout, std::time::Duration::from_secs(30));
+        assert!(!ep.insecure_http);
+        let name = state.hostname.unwrap();
+        assert_eq!(name.short, "gw01");
+        assert_eq!(name.fqdn.as_deref(), Some("gw01.acme.lan"));
+    }
+
+    #[test]
+    fn the_endpoint_is_saved_in_the_released_form_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = registered(&dir, RELEASED);
+        let mut state = State::load(&root).unwrap();
+        state.primary.as_mut().unwrap().ca_pem = Some("-----BEGIN CERTIFICATE-----\n".into());
+        state.save(&root).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(root.path(STATE_FILE)).unwrap()).unwrap();
+        assert_eq!(
+            json["primary"],
+            serde_json::json!({
+                "url": "https://primary.example:8443/",
+                "ca_pem": "-----BEGIN CERTIFICATE-----\n",
+                "pin": "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+                "nameservers": ["192.0.2.53:53", "[2001:db8::53]:5353"],
+                "connect_timeout_secs": 10,
+                "request_timeout_secs": 30,
+                "insecure_http": false,
+            })
+        );
+        assert_eq!(json["hostname"], "gw01.acme.lan");
+        let back = State::load(&root).unwrap();
+        assert_eq!(back, state);
+    }
+
+    #[test]
+    fn an_unreadable_saved_endpoint_says_to_provision_again() {
+        for (what, from, to) in [
+            ("pin", "\"pin\": \"0011", "\"pin\": \"zz11"),
+            ("pin", "\"pin\": \"0011", "\"pin\": \"11"),
+            ("address", "https://primary.example:8443/", "no address"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let root = registered(&dir, &RELEASED.replace(from, to));
+            let failure = State::load(&root).unwrap_err();
+            assert_eq!(failure.code, Code::StateCorrupt, "{to}");
+            assert!(
+                failure
+                    .message
+                    .contains(&format!("the saved primary {what} is unreadable")),
+                "{}",
+                failure.message
+            );
+            assert!(failure.fix.contains("provision again"), "{}", failure.fix);
+        }
     }
 }

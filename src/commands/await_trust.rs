@@ -36,7 +36,7 @@ async fn wait(
     state: &mut State,
     progress: &mut Progress,
 ) -> Result<(), Failure> {
-    let (Some(id), Some(access), true) = (
+    let (Some(id), Some(endpoint), true) = (
         state.server_id.clone(),
         state.primary.clone(),
         state.phase >= Phase::HandedOff,
@@ -46,7 +46,6 @@ async fn wait(
             "this server is not registered with a primary yet",
         ));
     };
-    let endpoint = Endpoint::from_access(&access)?;
     let account = state.account.clone().unwrap_or_default();
     let token = Secret::new(
         std::fs::read_to_string(root.path(TOKEN_FILE))
@@ -57,7 +56,7 @@ async fn wait(
         // Started at boot only because DNS still had a record to create or delete (the unit's
         // conditions): check again and keep the console current.
         refresh_dns(root, state).await;
-        progress.console(state, &trusted_line(&id, &access.url, &account));
+        progress.console(state, &trusted_line(&id, endpoint.url.as_str(), &account));
         return Ok(());
     }
     let identity = Identity::load_or_create(root)?;
@@ -66,7 +65,6 @@ async fn wait(
         endpoint: &endpoint,
         account: &account,
         id: &id,
-        url: &access.url,
         poll_max: args.poll_max,
         timeout: args.timeout,
     };
@@ -89,13 +87,13 @@ async fn wait(
         progress::MSG_TRUSTED,
         &format!(
             "trusted: secure connection to {} established as {} at {}",
-            access.url, hello.server_id, hello.at
+            endpoint.url, hello.server_id, hello.at
         ),
     );
     if dns_checked.is_none_or(|t: tokio::time::Instant| t.elapsed() >= DNS_RECHECK) {
         refresh_dns(root, state).await;
     }
-    progress.console(state, &trusted_line(&id, &access.url, &account));
+    progress.console(state, &trusted_line(&id, endpoint.url.as_str(), &account));
     notify_gateway(root, args);
     Ok(())
 }
@@ -106,7 +104,6 @@ struct Server<'a> {
     endpoint: &'a Endpoint,
     account: &'a str,
     id: &'a str,
-    url: &'a str,
     /// The longest wait between two polls.
     poll_max: Duration,
     /// How long each wait may last in all.
@@ -140,7 +137,7 @@ async fn fetch_certificate(
     let short = short_fingerprint(&identity.fingerprint);
     let text = format!(
         "waiting for an administrator to authorize server {id} on {} (account {account}); key fingerprint {short}",
-        server.url
+        server.endpoint.url
     );
     progress.step(state, progress::MSG_AWAITING_TRUST, &text);
     let waiting_line = format!(

@@ -2,6 +2,8 @@
 
 use crate::cli::CheckArgs;
 use crate::exit;
+use crate::failure::Failure;
+use crate::primary::{Endpoint, Validated, connect_and_validate};
 use crate::problem::{Problem, Severity};
 use crate::root::Root;
 use crate::settings::{self, Settings};
@@ -98,25 +100,25 @@ fn summary(s: &Settings) -> String {
     )
 }
 
-/// The installer's check: reach the primary (DNS, TCP, TLS, clock) and validate the account
-/// domain and the key, once, without registering.
-pub async fn online(root: &Root, s: &Settings) -> Result<String, crate::failure::Failure> {
-    use crate::primary::{Endpoint, Primary};
-    let primary = Primary::connect(root, &Endpoint::from_settings(s), &s.account, None).await?;
-    primary.health().await?;
-    let info = primary.account_info(&s.api_key).await?;
-    let kind = match info.key_kind {
-        crate::protocol::KeyKind::Restricted => "restricted",
-        crate::protocol::KeyKind::Full => "full",
-    };
-    Ok(format!(
-        "online: connected to {} over TLS; account {} exists; API key accepted ({kind}{})",
+/// `--online`: reach the primary (DNS, TCP, TLS, clock) and validate the account domain and
+/// the key, once, without registering.
+async fn online(root: &Root, s: &Settings) -> Result<String, Failure> {
+    let endpoint = Endpoint::from_settings(s);
+    let validated = connect_and_validate(root, &endpoint, &s.account, &s.api_key).await?;
+    Ok(format!("online: {}", confirmed(s, &validated)))
+}
+
+/// What the primary confirmed, as `check --online` and the installer say it.
+pub fn confirmed(s: &Settings, v: &Validated) -> String {
+    format!(
+        "connected to {} over TLS; account {} exists; API key accepted ({}{})",
         s.primary,
-        info.account,
-        if info.auto_trust {
+        v.info.account,
+        v.key_kind(),
+        if v.info.auto_trust {
             ", trusts servers automatically"
         } else {
             ""
         }
-    ))
+    )
 }

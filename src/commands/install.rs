@@ -11,11 +11,13 @@ use crate::cli::InstallArgs;
 use crate::exit;
 use crate::failure::Code;
 use crate::fsutil;
+use crate::primary::{Endpoint, connect_and_validate};
 use crate::problem::Problem;
 use crate::root::Root;
 use crate::secret::Secret;
 use crate::settings::{
-    self, Collected, ETC_SEED, Entry, Key, Layer, Origin, RawValue, Source, collect::Inputs,
+    self, Collected, ETC_SEED, Entry, Key, Layer, Origin, RawValue, Settings, Source,
+    collect::Inputs,
 };
 use crate::state::{DONE_MARKER, State};
 use crate::tty;
@@ -202,15 +204,7 @@ async fn console(root: &Root, args: &InstallArgs) -> anyhow::Result<u8> {
 async fn ask_and_provision(root: &Root, args: &InstallArgs) -> anyhow::Result<u8> {
     let interactive = tty::interactive();
     let mut out = std::io::stdout();
-    if let Ok(state) = State::load(root)
-        && root.path(DONE_MARKER).exists()
-    {
-        wrap::say(&format!(
-            "This server is provisioned already (server {}, {}): nothing to do.\n\
-             `gateway-firstboot status` shows where it stands.",
-            state.server_id.as_deref().unwrap_or("?"),
-            crate::progress::describe(state.phase)
-        ));
+    if provisioned_already(root) {
         return Ok(exit::OK);
     }
 
@@ -269,6 +263,46 @@ async fn ask_and_provision(root: &Root, args: &InstallArgs) -> anyhow::Result<u8
         .filter_map(|l| l.get(Key::ApiKey))
         .any(|e| !e.value.is_blank_secret());
 
+    let Some(ask) = first_questions(&answers, interactive) else {
+        return Ok(exit::USAGE);
+    };
+    let asking = Asking {
+        root,
+        console: args.console,
+        interactive,
+        offer: Offer {
+            primary: current_text(Key::Primary),
+            account: current_text(Key::Account),
+            current_key,
+            has_default_key,
+        },
+    };
+    match asking.until_valid(&mut answers, ask).await? {
+        Ok(settings) => provision_answers(root, &answers, &current, &settings).await,
+        Err(code) => Ok(code),
+    }
+}
+
+/// Whether the box is provisioned already (then says so).
+fn provisioned_already(root: &Root) -> bool {
+    let Ok(state) = State::load(root) else {
+        return false;
+    };
+    if !root.path(DONE_MARKER).exists() {
+        return false;
+    }
+    wrap::say(&format!(
+        "This server is provisioned already (server {}, {}): nothing to do.\n\
+         `gateway-firstboot status` shows where it stands.",
+        state.server_id.as_deref().unwrap_or("?"),
+        crate::progress::describe(state.phase)
+    ));
+    true
+}
+
+/// The questions the flags leave open, after the greeting. `None`: they cannot be asked
+/// (no terminal), which is said.
+fn first_questions(answers: &Answers, interactive: bool) -> Option<Vec<Field>> {
     let mut ask: Vec<Field> = Vec::new();
     if answers.primary.is_none() {
         ask.push(Field::Primary);
@@ -285,7 +319,7 @@ async fn ask_and_provision(root: &Root, args: &InstallArgs) -> anyhow::Result<u8
              are not one.\n  fix: run it on the console, or give --primary, --account and (for a key \
              other than the default) --api-key-file for scripted use",
         );
-        return Ok(exit::USAGE);
+        return None;
     }
     if interactive {
         wrap::say(
@@ -293,37 +327,94 @@ async fn ask_and_provision(root: &Root, args: &InstallArgs) -> anyhow::Result<u8
              Edit an answer with the arrow keys; Enter accepts it; Ctrl-C quits without changing anything.\n",
         );
     }
-    let settings = loop {
-        for &field in &ask {
+    Some(ask)
+}
+
+/// What the other sources hold now, offered as the answers' starting text and in the key's
+/// prompt.
+struct Offer {
+    primary: Option<String>,
+    account: Option<String>,
+    /// Where a key some source holds comes from.
+    current_key: Option<String>,
+    /// A default restricted key is installed.
+    has_default_key: bool,
+}
+
+/// After a round of answers: ask these fields again, or stop with this exit status.
+enum Next {
+    Ask(Vec<Field>),
+    Stop(u8),
+}
+
+/// The question rounds of one setup.
+struct Asking<'a> {
+    root: &'a Root,
+    /// The console setup (gives way when provisioning starts elsewhere).
+    console: bool,
+    interactive: bool,
+    offer: Offer,
+}
+
+impl Asking<'_> {
+    /// Asks `ask`, checks all the answers offline and with the primary, and asks again what
+    /// was wrong until the primary accepts them. `Err`: stopped, with this exit status.
+    async fn until_valid(
+        &self,
+        answers: &mut Answers,
+        mut ask: Vec<Field>,
+    ) -> anyhow::Result<Result<Settings, u8>> {
+        loop {
+            if !self.ask_round(answers, &ask)? {
+                wrap::say("Cancelled: nothing was changed.");
+                return Ok(Err(exit::CANCELLED));
+            }
+            let next = match self.check_offline(answers) {
+                Ok(settings) => match self.check_online(&settings).await {
+                    None => return Ok(Ok(settings)),
+                    Some(next) => next,
+                },
+                Err(next) => next,
+            };
+            match next {
+                Next::Ask(fields) => ask = fields,
+                Next::Stop(code) => return Ok(Err(code)),
+            }
+        }
+    }
+
+    /// Asks each field of `ask` in turn. `false`: cancelled.
+    fn ask_round(&self, answers: &mut Answers, ask: &[Field]) -> anyhow::Result<bool> {
+        let offer = &self.offer;
+        for &field in ask {
             // The answer so far (typed, or a flag's), else what the other sources hold.
             let previous = match field {
-                Field::Primary => answers
-                    .primary
-                    .clone()
-                    .or_else(|| current_text(Key::Primary)),
-                Field::Account => answers
-                    .account
-                    .clone()
-                    .or_else(|| current_text(Key::Account)),
+                Field::Primary => answers.primary.clone().or_else(|| offer.primary.clone()),
+                Field::Account => answers.account.clone().or_else(|| offer.account.clone()),
                 Field::ApiKey => None,
             };
             let prompt = match field {
-                Field::ApiKey => key_prompt(current_key.as_deref(), has_default_key),
+                Field::ApiKey => key_prompt(offer.current_key.as_deref(), offer.has_default_key),
                 f => format!("{}: ", f.label()),
             };
             if !ask_field(
-                root,
-                &mut answers,
+                self.root,
+                answers,
                 field,
                 &prompt,
                 previous.unwrap_or_default(),
-                current_key.is_some(),
-                args.console,
+                offer.current_key.is_some(),
+                self.console,
             )? {
-                wrap::say("Cancelled: nothing was changed.");
-                return Ok(exit::CANCELLED);
+                return Ok(false);
             }
         }
+        Ok(true)
+    }
+
+    /// `check`'s rules on every answer and every other setting.
+    fn check_offline(&self, answers: &Answers) -> Result<Settings, Next> {
+        let root = self.root;
         let collected = answers.collect(root);
         let (settings, problems) = settings::validate(root, &collected);
         let (ours, others): (Vec<&Problem>, Vec<&Problem>) = problems
@@ -334,56 +425,72 @@ async fn ask_and_provision(root: &Root, args: &InstallArgs) -> anyhow::Result<u8
             for p in &others {
                 wrap::say(&format!("  {p}"));
             }
-            return Ok(exit::DATAERR);
+            return Err(Next::Stop(exit::DATAERR));
         }
         if !ours.is_empty() {
             // Answers given as flags (typed ones were checked as they were typed).
             for p in &ours {
                 print_error(&format!("{}: {}", p.subject, p.message), p.fix.as_deref());
             }
-            if !interactive {
-                return Ok(exit::DATAERR);
+            if !self.interactive {
+                return Err(Next::Stop(exit::DATAERR));
             }
-            ask = FIELDS
-                .into_iter()
-                .filter(|f| ours.iter().any(|p| f.owns(p)))
-                .collect();
-            continue;
+            return Err(Next::Ask(
+                FIELDS
+                    .into_iter()
+                    .filter(|f| ours.iter().any(|p| f.owns(p)))
+                    .collect(),
+            ));
         }
         let Some(settings) = settings else {
-            return Ok(exit::DATAERR);
+            return Err(Next::Stop(exit::DATAERR));
         };
         for p in &others {
             wrap::say(&format!("warning: {p}"));
         }
-        let what = format!("Checking with {} ...", settings.primary);
-        match spin(interactive, &what, super::check::online(root, &settings)).await {
-            Ok(text) => {
-                wrap::say(text.trim_start_matches("online: "));
-                break settings;
-            }
-            Err(failure) => {
-                print_error(
-                    &format!("{} [{}]", failure.message, failure.code),
-                    Some(&failure.fix),
-                );
-                let fields = at_fault(failure.code);
-                if !interactive || fields.is_empty() {
-                    return Ok(failure.exit_code());
-                }
-                wrap::say(&format!(
-                    "Correct the {} (Enter keeps it as it is, to try again).\n",
-                    fields
-                        .iter()
-                        .map(|f| f.label().to_lowercase())
-                        .collect::<Vec<_>>()
-                        .join(" or the ")
-                ));
-                ask = fields.to_vec();
-            }
-        }
-    };
+        Ok(settings)
+    }
 
+    /// The primary's word on the answers, as `check --online` gets it. `None`: accepted.
+    async fn check_online(&self, settings: &Settings) -> Option<Next> {
+        let what = format!("Checking with {} ...", settings.primary);
+        let endpoint = Endpoint::from_settings(settings);
+        let validating =
+            connect_and_validate(self.root, &endpoint, &settings.account, &settings.api_key);
+        let failure = match spin(self.interactive, &what, validating).await {
+            Ok(validated) => {
+                wrap::say(&super::check::confirmed(settings, &validated));
+                return None;
+            }
+            Err(failure) => failure,
+        };
+        print_error(
+            &format!("{} [{}]", failure.message, failure.code),
+            Some(&failure.fix),
+        );
+        let fields = at_fault(failure.code);
+        if !self.interactive || fields.is_empty() {
+            return Some(Next::Stop(failure.exit_code()));
+        }
+        wrap::say(&format!(
+            "Correct the {} (Enter keeps it as it is, to try again).\n",
+            fields
+                .iter()
+                .map(|f| f.label().to_lowercase())
+                .collect::<Vec<_>>()
+                .join(" or the ")
+        ));
+        Some(Next::Ask(fields))
+    }
+}
+
+/// Writes the seed and provisions from the answers, in one provisioning run.
+async fn provision_answers(
+    root: &Root,
+    answers: &Answers,
+    current: &Collected,
+    settings: &Settings,
+) -> anyhow::Result<u8> {
     // From here on, one provisioning run: the seed is written under the lock, so that the
     // waiting unit provisions from it only if this run does not finish.
     let lock = match crate::lock::try_lock(root)? {
@@ -395,10 +502,10 @@ async fn ask_and_provision(root: &Root, args: &InstallArgs) -> anyhow::Result<u8
             crate::lock::lock(root, || {}).await?
         }
     };
-    if let Some(code) = write_seed(root, &answers)? {
+    if let Some(code) = write_seed(root, answers)? {
         return Ok(code);
     }
-    warn_overridden(&current, &answers);
+    warn_overridden(current, answers);
     wrap::say(&format!("\nProvisioning {} ...", settings.primary));
     let load = || answers.collect(root);
     let code =
@@ -588,7 +695,10 @@ fn summary(root: &Root, code: u8) {
     let id = state.server_id.as_deref().unwrap_or("?");
     let fingerprint = state.key_fingerprint.as_deref().unwrap_or("?");
     let short = crate::protocol::short_fingerprint(fingerprint);
-    let host = state.hostname.as_deref().unwrap_or("this server");
+    let host = state
+        .hostname
+        .as_ref()
+        .map_or("this server", crate::dns::HostName::full);
     wrap::say(&format!("\nDone: this server is registered as {id}."));
     wrap::say(&format!("  key fingerprint: {fingerprint}"));
     if state.trust == Some(crate::protocol::TrustState::Trusted) {

@@ -10,7 +10,7 @@ use crate::fsutil;
 use crate::handoff;
 use crate::identity::{self, Identity};
 use crate::lock::Lock;
-use crate::primary::{Endpoint, Primary};
+use crate::primary::{Endpoint, Primary, connect_and_validate};
 use crate::progress::{self, Progress};
 use crate::protocol::{DnsReport, DnsStatus, Registration, TrustState, short_fingerprint};
 use crate::retry::{Backoff, Report, retry};
@@ -285,9 +285,8 @@ fn settings_step(
                 .unwrap_or_else(|| "run `gateway-firstboot check`".into()),
         ));
     };
-    let endpoint = Endpoint::from_settings(&settings);
     state.account = Some(settings.account.clone());
-    state.primary = Some(endpoint.access());
+    state.primary = Some(Endpoint::from_settings(&settings));
     state.api_key_is_default = settings.api_key_is_default;
     state.gwseed = collected.gwseed.clone();
     state.advance(root, Phase::Validated)?;
@@ -325,8 +324,7 @@ fn apply_hostname(root: &Root, name: &str) -> Result<(), Failure> {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_default();
-    let short = name.split('.').next().unwrap_or(name);
-    if current == name || current == short {
+    if current == name || current == dns::HostName::parse(name).short {
         return Ok(());
     }
     match std::process::Command::new("hostnamectl")
@@ -349,20 +347,20 @@ async fn dns_step(
     state: &mut State,
     progress: &mut Progress,
 ) -> Result<DnsReport, Failure> {
-    let (host, fqdn) = dns::names(root, settings.hostname.as_deref());
+    let name = dns::names(root, settings.hostname.as_deref());
     // The seed's name, or the DHCP server's when the system has none: make it the system's.
     let given = settings
         .hostname
         .clone()
-        .or_else(|| dns::dhcp_hostname(root).filter(|h| *h == host));
-    if let Some(name) = given {
-        apply_hostname(root, &name)?;
+        .or_else(|| dns::dhcp_hostname(root).filter(|h| *h == name.short));
+    if let Some(given) = given {
+        apply_hostname(root, &given)?;
     }
-    state.hostname = Some(fqdn.clone().unwrap_or_else(|| host.clone()));
+    state.hostname = Some(name.clone());
     if settings.dns_check == DnsCheck::Off {
         let report = DnsReport {
             status: DnsStatus::Skipped,
-            fqdn: fqdn.unwrap_or(host),
+            fqdn: name.full().to_string(),
             resolved: vec![],
             reverse: vec![],
         };
@@ -376,7 +374,7 @@ async fn dns_step(
     let report = Report::loud(Duration::from_secs(10));
     let outcome = retry(&mut backoff, state, progress, report, async |state, _| {
         let resolver = resolver.as_ref().map_err(String::as_str);
-        let outcome = dns::check(resolver, &host, fqdn.as_deref(), own).await;
+        let outcome = dns::check(resolver, &name, own).await;
         if outcome.report.status == DnsStatus::Ok || settings.dns_check == DnsCheck::Warn {
             return Ok(outcome);
         }
@@ -433,31 +431,28 @@ async fn connect_step(
     let endpoint = Endpoint::from_settings(settings);
     let mut backoff = Backoff::new(BASE, CAP, settings.deadline);
     let report = Report::loud(settings.connect_timeout + settings.request_timeout * 2);
-    let (primary, info, skew) = retry(&mut backoff, state, progress, report, async |_, _| {
-        let primary = Primary::connect(root, &endpoint, &settings.account, None).await?;
-        let skew = primary.health().await?;
-        let info = primary.account_info(&settings.api_key).await?;
-        Ok((primary, info, skew))
+    let validated = retry(&mut backoff, state, progress, report, async |_, _| {
+        connect_and_validate(root, &endpoint, &settings.account, &settings.api_key).await
     })
     .await?;
     // A pinned primary without a CA: keep the certificate the pin matched, for the gateway.
-    if let (Some(access), Some(pem)) = (state.primary.as_mut(), primary.pinned_certificate_pem())
-        && access.ca_pem.is_none()
+    let pinned = validated.primary.pinned_certificate_pem();
+    if let (Some(endpoint), Some(pem)) = (state.primary.as_mut(), pinned)
+        && endpoint.ca_pem.is_none()
     {
-        access.ca_pem = Some(pem);
+        endpoint.ca_pem = Some(pem);
     }
-    if let Some(skew) = skew.filter(|s| *s > Duration::from_secs(300)) {
+    if let Some(skew) = validated
+        .clock_skew
+        .filter(|s| *s > Duration::from_secs(300))
+    {
         state.warnings.push(format!(
             "this server's clock is {}s away from the primary's; check NTP",
             skew.as_secs()
         ));
     }
     state.advance(root, Phase::Connected)?;
-    let kind = match info.key_kind {
-        crate::protocol::KeyKind::Restricted => "restricted",
-        crate::protocol::KeyKind::Full => "full",
-    };
-    let auto = if info.auto_trust {
+    let auto = if validated.info.auto_trust {
         ", servers it registers are trusted automatically"
     } else {
         ""
@@ -466,11 +461,13 @@ async fn connect_step(
         state,
         progress::MSG_CONNECTED,
         &format!(
-            "connected to {}: account {} exists, API key accepted ({kind}{auto})",
-            settings.primary, info.account
+            "connected to {}: account {} exists, API key accepted ({}{auto})",
+            settings.primary,
+            validated.info.account,
+            validated.key_kind()
         ),
     );
-    Ok(primary)
+    Ok(validated.primary)
 }
 
 async fn register_step(
@@ -484,18 +481,16 @@ async fn register_step(
 ) -> Result<(), Failure> {
     let identity = Identity::load_or_create(root)?;
     failpoint("after-key");
-    let hostname = state.hostname.clone().unwrap_or_default();
-    let short_host = hostname.split('.').next().unwrap_or(&hostname).to_string();
-    let fqdn = hostname.contains('.').then(|| hostname.clone());
+    let name = state.hostname.clone().unwrap_or_default();
     let registration = Registration {
         machine_id: identity::machine_id(root)?,
-        hostname: short_host.clone(),
-        fqdn: fqdn.clone(),
+        hostname: name.short.clone(),
+        fqdn: name.fqdn.clone(),
         addresses,
         dns: report,
         serial: identity::dmi_serial(root),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        csr: identity.csr(root, &short_host, fqdn.as_deref())?,
+        csr: identity.csr(root, &name.short, name.fqdn.as_deref())?,
     };
     failpoint("before-register");
     let mut backoff = Backoff::new(BASE, CAP, settings.deadline);
@@ -556,7 +551,7 @@ fn handoff_step(root: &Root, state: &mut State, progress: &mut Progress) -> Resu
     let primary = state
         .primary
         .as_ref()
-        .map(|p| p.url.clone())
+        .map(|p| p.url.to_string())
         .unwrap_or_default();
     let account = state.account.clone().unwrap_or_default();
     let short = state

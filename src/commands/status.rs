@@ -50,7 +50,7 @@ pub async fn run(root: &Root, args: &StatusArgs) -> anyhow::Result<u8> {
             "phase": state.phase,
             "server_id": state.server_id,
             "account": state.account,
-            "primary": state.primary.as_ref().map(|p| p.url.clone()),
+            "primary": state.primary.as_ref().map(|p| p.url.as_str()),
             "trust": state.trust,
             "key_fingerprint": state.key_fingerprint,
             "short_fingerprint": state.key_fingerprint.as_deref().map(short_fingerprint),
