@@ -203,36 +203,13 @@ async fn console(root: &Root, args: &InstallArgs) -> anyhow::Result<u8> {
 
 async fn ask_and_provision(root: &Root, args: &InstallArgs) -> anyhow::Result<u8> {
     let interactive = tty::interactive();
-    let mut out = std::io::stdout();
     if provisioned_already(root) {
         return Ok(exit::OK);
     }
-
-    let (mut flags, flag_problems) = args.settings.to_layer();
-    if !flag_problems.is_empty() {
-        // A flag's value the agent cannot read is a settings problem, as in `check` (65).
-        super::check::print_problems(&mut out, &flag_problems)?;
-        return Ok(exit::DATAERR);
-    }
-    let take = |flags: &mut Layer, key: Key| {
-        let i = flags.entries.iter().position(|e| e.key == key)?;
-        Some(flags.entries.remove(i).value)
+    let mut answers = match answers_from_flags(args)? {
+        Ok(answers) => answers,
+        Err(code) => return Ok(code),
     };
-    let text = |v: Option<RawValue>| match v {
-        Some(RawValue::Text(s)) => Some(s),
-        _ => None,
-    };
-    let mut answers = Answers {
-        primary: text(take(&mut flags, Key::Primary)),
-        account: text(take(&mut flags, Key::Account)),
-        key: match take(&mut flags, Key::ApiKey) {
-            Some(v) if v.is_blank_secret() => KeyAnswer::Default,
-            Some(RawValue::Secret(s)) => KeyAnswer::Typed(s),
-            _ => KeyAnswer::Keep,
-        },
-        flags,
-    };
-
     // What the other sources hold now: offered as the answers' starting text.
     let current = settings::collect(
         root,
@@ -242,27 +219,6 @@ async fn ask_and_provision(root: &Root, args: &InstallArgs) -> anyhow::Result<u8
             credentials_dir: super::credentials_dir(root),
         },
     );
-    let current_text = |key: Key| {
-        current
-            .effective(key)
-            .filter(|e| !matches!(e.origin.source, Source::Default(_) | Source::BuiltIn))
-            .and_then(|e| match &e.value {
-                RawValue::Text(s) => Some(s.clone()),
-                _ => None,
-            })
-    };
-    let current_key = current
-        .effective(Key::ApiKey)
-        .filter(|e| !matches!(e.origin.source, Source::Default(_)))
-        .filter(|e| !e.value.is_blank_secret())
-        .map(|e| e.origin.describe());
-    let has_default_key = current
-        .layers
-        .iter()
-        .filter(|l| matches!(l.source, Source::Default(_)))
-        .filter_map(|l| l.get(Key::ApiKey))
-        .any(|e| !e.value.is_blank_secret());
-
     let Some(ask) = first_questions(&answers, interactive) else {
         return Ok(exit::USAGE);
     };
@@ -270,16 +226,68 @@ async fn ask_and_provision(root: &Root, args: &InstallArgs) -> anyhow::Result<u8
         root,
         console: args.console,
         interactive,
-        offer: Offer {
-            primary: current_text(Key::Primary),
-            account: current_text(Key::Account),
-            current_key,
-            has_default_key,
-        },
+        offer: offer(&current),
     };
     match asking.until_valid(&mut answers, ask).await? {
         Ok(settings) => provision_answers(root, &answers, &current, &settings).await,
         Err(code) => Ok(code),
+    }
+}
+
+/// The answers the flags give; the exit status instead when a flag's value cannot be read.
+fn answers_from_flags(args: &InstallArgs) -> anyhow::Result<Result<Answers, u8>> {
+    let (mut flags, flag_problems) = args.settings.to_layer();
+    if !flag_problems.is_empty() {
+        // A flag's value the agent cannot read is a settings problem, as in `check` (65).
+        super::check::print_problems(&mut std::io::stdout(), &flag_problems)?;
+        return Ok(Err(exit::DATAERR));
+    }
+    let take = |flags: &mut Layer, key: Key| {
+        let i = flags.entries.iter().position(|e| e.key == key)?;
+        Some(flags.entries.remove(i).value)
+    };
+    let text = |v: Option<RawValue>| match v {
+        Some(RawValue::Text(s)) => Some(s),
+        _ => None,
+    };
+    Ok(Ok(Answers {
+        primary: text(take(&mut flags, Key::Primary)),
+        account: text(take(&mut flags, Key::Account)),
+        key: match take(&mut flags, Key::ApiKey) {
+            Some(v) if v.is_blank_secret() => KeyAnswer::Default,
+            Some(RawValue::Secret(s)) => KeyAnswer::Typed(s),
+            _ => KeyAnswer::Keep,
+        },
+        flags,
+    }))
+}
+
+/// What the sources other than the defaults hold now, offered as the answers' starting text;
+/// and whether the image has a default key to fall back on.
+fn offer(current: &Collected) -> Offer {
+    let current_text = |key: Key| {
+        current
+            .effective(key)
+            .filter(|e| !e.origin.source.is_default())
+            .and_then(|e| match &e.value {
+                RawValue::Text(s) => Some(s.clone()),
+                _ => None,
+            })
+    };
+    Offer {
+        primary: current_text(Key::Primary),
+        account: current_text(Key::Account),
+        current_key: current
+            .effective(Key::ApiKey)
+            .filter(|e| !e.origin.source.is_default())
+            .filter(|e| !e.value.is_blank_secret())
+            .map(|e| e.origin.describe()),
+        has_default_key: current
+            .layers
+            .iter()
+            .filter(|l| matches!(l.source, Source::Default(_)))
+            .filter_map(|l| l.get(Key::ApiKey))
+            .any(|e| !e.value.is_blank_secret()),
     }
 }
 
