@@ -101,10 +101,21 @@ pub async fn middleware(State(state): State<Arc<AppState>>, req: Request, next: 
             .body(Body::from_stream(stream))
             .unwrap_or_default();
     }
+    next.run(req).await
+}
+
+/// The commit delay, outermost (outside the request log, which so records the answer when
+/// it is ready, not when it is let go): a POST's answer is held after its handler has run.
+pub async fn hold_after_commit(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let post = req.method() == axum::http::Method::POST;
     let response = next.run(req).await;
-    if post && faults.commit_delay_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(faults.commit_delay_ms)).await;
+    let hold = state.faults().commit_delay_ms;
+    if post && hold > 0 {
+        tokio::time::sleep(Duration::from_millis(hold)).await;
     }
     response
 }

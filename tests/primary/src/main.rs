@@ -370,6 +370,10 @@ fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             requests::middleware,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            faults::hold_after_commit,
         ));
     Router::new()
         .route("/", get(|| async { axum::response::Redirect::to("/ui") }))

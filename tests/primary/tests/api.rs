@@ -680,6 +680,9 @@ async fn fault_commit_delay_records_the_registration_before_the_answer_goes_out(
     let servers = sim.all_servers();
     assert_eq!(servers.len(), 1, "{servers:?}");
     assert_eq!(servers[0]["registrations"], 1);
+    // The log has the answer as committed, while it is still held.
+    let log = sim.ok(&["requests"]);
+    assert!(log.contains("\"status\":201"), "{log}");
     // GETs are not held.
     let (status, _, _) = call(c.get(sim.url("/api/v1/health"))).await;
     assert_eq!(status, 200);
