@@ -17,15 +17,17 @@ pub mod logging;
 pub mod primary;
 pub mod problem;
 pub mod progress;
-pub mod protocol;
 pub mod retry;
 pub mod root;
-pub mod secret;
 pub mod seedwatch;
 pub mod settings;
 pub mod state;
 pub mod tty;
 pub(crate) mod wrap;
+
+// The wire types and the secret string live in their own crate, shared with the simulator.
+pub(crate) use gateway_protocol as protocol;
+pub(crate) use gateway_protocol::secret;
 
 use cli::{Cli, Command};
 

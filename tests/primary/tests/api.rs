@@ -490,8 +490,7 @@ async fn the_web_page_and_the_cli_authorize() {
         .text()
         .await
         .unwrap();
-    let short =
-        gateway_firstboot::protocol::short_fingerprint(a["key_fingerprint"].as_str().unwrap());
+    let short = gateway_protocol::short_fingerprint(a["key_fingerprint"].as_str().unwrap());
     assert!(
         page.contains(&short),
         "the page shows the short fingerprint"
