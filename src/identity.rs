@@ -9,7 +9,6 @@ use hmac::{Hmac, Mac};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use sha2::Sha256;
 
-pub const IDENTITY_DIR: &str = "/var/lib/gateway/identity";
 pub const KEY_FILE: &str = "/var/lib/gateway/identity/key.pem";
 pub const CSR_FILE: &str = "/var/lib/gateway/identity/csr.pem";
 pub const CERT_FILE: &str = "/var/lib/gateway/identity/cert.pem";

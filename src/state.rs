@@ -8,7 +8,6 @@ use crate::protocol::{DnsReport, TrustState};
 use crate::root::Root;
 use serde::{Deserialize, Serialize};
 
-pub const STATE_DIR: &str = "/var/lib/gateway-firstboot";
 pub const STATE_FILE: &str = "/var/lib/gateway-firstboot/state.json";
 /// Exists once provisioning is handed off; `gateway.service` is conditioned on it.
 pub const DONE_MARKER: &str = "/var/lib/gateway-firstboot/done";

@@ -167,9 +167,9 @@ impl Drop for Dnsmasq {
 
 /// This host's first address others could reach (what the agent compares DNS answers with).
 pub fn host_address() -> IpAddr {
-    gateway_firstboot::dns::own_addresses()
+    gateway_firstboot::own_addresses()
         .into_iter()
         .find(IpAddr::is_ipv4)
-        .or_else(|| gateway_firstboot::dns::own_addresses().into_iter().next())
+        .or_else(|| gateway_firstboot::own_addresses().into_iter().next())
         .expect("this machine has no non-loopback address; the DNS tests need one")
 }
