@@ -1,12 +1,9 @@
 //! The simulator over real TLS on loopback: every endpoint and error code, idempotent
 //! re-registration, persistence across restarts, and each fault-injection mode.
 
-#[path = "../../support/sim.rs"]
-mod sim;
-
+use gateway_test_support::sim::Sim;
 use reqwest::{Certificate, Client, Identity, StatusCode};
 use serde_json::{Value, json};
-use sim::Sim;
 use std::time::{Duration, Instant};
 
 fn client_with(sim: &Sim, identity: Option<Identity>) -> Client {
