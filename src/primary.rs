@@ -44,10 +44,6 @@ pub struct Endpoint {
     pub insecure_http: bool,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl Endpoint {
     pub fn from_settings(s: &Settings) -> Endpoint {
         Endpoint {
@@ -66,7 +62,7 @@ impl Endpoint {
         PrimaryAccess {
             url: self.url.to_string(),
             ca_pem: self.ca_pem.clone(),
-            pin: self.pin.map(|p| hex(&p)),
+            pin: self.pin.map(|p| crate::protocol::hex::encode(&p)),
             nameservers: self.nameservers.iter().map(ToString::to_string).collect(),
             connect_timeout_secs: self.connect_timeout.as_secs(),
             request_timeout_secs: self.request_timeout.as_secs(),
@@ -83,14 +79,7 @@ impl Endpoint {
             )
         };
         let pin = match &a.pin {
-            Some(h) if h.len() == 64 => {
-                let mut out = [0u8; 32];
-                for (i, b) in out.iter_mut().enumerate() {
-                    *b = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).map_err(|_| bad("pin"))?;
-                }
-                Some(out)
-            }
-            Some(_) => return Err(bad("pin")),
+            Some(h) => Some(crate::protocol::hex::decode(h).ok_or_else(|| bad("pin"))?),
             None => None,
         };
         Ok(Endpoint {

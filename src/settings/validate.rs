@@ -473,12 +473,7 @@ fn check_pin(value: &RawValue) -> Result<[u8; 32], Invalid> {
             fix,
         ));
     }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte =
-            u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| invalid("not hex", fix))?;
-    }
-    Ok(out)
+    gateway_protocol::hex::decode(hex).ok_or_else(|| invalid("not hex", fix))
 }
 
 /// Parses a duration: seconds as an integer, or `90s`, `10m`, `1h30m`, `2d`; `infinity` when
