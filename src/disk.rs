@@ -345,11 +345,7 @@ pub(crate) mod tests {
         gptman::GPT::write_protective_mbr_into(&mut file, SECTOR).unwrap();
         let len = (GWSEED_SECTORS.end - GWSEED_SECTORS.start) * SECTOR;
         let mut fat = Slice::new(&mut file, GWSEED_SECTORS.start * SECTOR, len);
-        fatfs::format_volume(
-            &mut fat,
-            fatfs::FormatVolumeOptions::new().volume_label(*b"GWSEED     "),
-        )
-        .unwrap();
+        gateway_test_support::fat::Fat::gwseed(&[]).write_into(&mut fat);
     }
 
     fn flip(path: &Path, offset: u64) {

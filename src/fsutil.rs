@@ -1,9 +1,8 @@
 //! Files written so that a power cut at any instant leaves either the old or the new content:
-//! temporary file, `sync_all`, rename, fsync of the directory.
+//! temporary file (`tempfile`), `sync_all`, rename, fsync of the directory.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
@@ -25,22 +24,19 @@ fn write_replace(path: &Path, data: &[u8], mode: u32, durable: bool) -> io::Resu
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        if durable {
-            f.sync_all()?;
-        }
+    // A new file of a name no one else uses (O_EXCL), removed again if anything below fails.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    // Created 0600: give it the mode asked, whatever the umask.
+    tmp.as_file()
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+    tmp.write_all(data)?;
+    if durable {
+        tmp.as_file().sync_all()?;
     }
-    // The mode of an existing temporary file is not changed by open(): set it.
-    fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
-    fs::rename(&tmp, path)?;
+    tmp.persist(path).map_err(|e| e.error)?;
     if durable {
         File::open(dir)?.sync_all()?;
     }

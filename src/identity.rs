@@ -9,7 +9,6 @@ use hmac::{Hmac, Mac};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use sha2::Sha256;
 
-pub const IDENTITY_DIR: &str = "/var/lib/gateway/identity";
 pub const KEY_FILE: &str = "/var/lib/gateway/identity/key.pem";
 pub const CSR_FILE: &str = "/var/lib/gateway/identity/csr.pem";
 pub const CERT_FILE: &str = "/var/lib/gateway/identity/cert.pem";
@@ -108,13 +107,7 @@ pub fn machine_id(root: &Root) -> Result<String, Failure> {
 pub fn derive_machine_id(root: &Root) -> Result<String, Failure> {
     let text = std::fs::read_to_string(root.path(MACHINE_ID)).unwrap_or_default();
     let text = text.trim();
-    let bytes: Option<Vec<u8>> = (text.len() == 32)
-        .then(|| {
-            (0..16)
-                .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok())
-                .collect()
-        })
-        .flatten();
+    let bytes = crate::protocol::hex::decode::<16>(text);
     let Some(id) = bytes.filter(|b| b.iter().any(|&x| x != 0)) else {
         return Err(Failure::new(
             Code::NoMachineId,
@@ -129,7 +122,7 @@ pub fn derive_machine_id(root: &Root) -> Result<String, Failure> {
         .unwrap_or([0; 16]);
     out[6] = (out[6] & 0x0f) | 0x40;
     out[8] = (out[8] & 0x3f) | 0x80;
-    Ok(out.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::protocol::hex::encode(&out))
 }
 
 /// The hardware's serial number, where the firmware gives a real one.

@@ -1,31 +1,37 @@
 //! gateway-firstboot: the first-boot provisioning agent of the print-management gateway
 //! appliance. A library with a thin binary (`src/main.rs`); see docs/ for the design.
 
-pub mod blockdev;
+pub(crate) mod blockdev;
 pub mod cli;
 pub(crate) mod code;
-pub mod commands;
+pub(crate) mod commands;
 pub mod disk;
-pub mod dns;
+pub(crate) mod dns;
 pub mod exit;
 pub mod failure;
-pub mod fsutil;
-pub mod handoff;
-pub mod identity;
-pub mod lock;
+pub(crate) mod fsutil;
+pub(crate) mod handoff;
+pub(crate) mod identity;
+pub(crate) mod lock;
 pub mod logging;
-pub mod primary;
-pub mod problem;
-pub mod progress;
-pub mod protocol;
-pub mod retry;
+pub(crate) mod primary;
+pub(crate) mod problem;
+pub(crate) mod progress;
+pub(crate) mod retry;
 pub mod root;
-pub mod secret;
-pub mod seedwatch;
+pub(crate) mod seedwatch;
 pub mod settings;
-pub mod state;
-pub mod tty;
+pub(crate) mod state;
+pub(crate) mod tty;
 pub(crate) mod wrap;
+
+// The wire types and the secret string live in their own crate, shared with the simulator.
+pub(crate) use gateway_protocol as protocol;
+pub(crate) use gateway_protocol::secret;
+
+/// For the integration tests, which compare DNS answers with what the agent takes for its own
+/// addresses.
+pub use dns::own_addresses;
 
 use cli::{Cli, Command};
 

@@ -50,10 +50,6 @@ pub struct Endpoint {
     pub insecure_http: bool,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// How the state file writes an [`Endpoint`]'s values. A value that does not read back makes
 /// the whole state file damaged ([`Code::StateCorrupt`]), its message naming the value.
 mod saved {
@@ -83,7 +79,7 @@ mod saved {
 
         pub fn serialize<S: Serializer>(pin: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
             match pin {
-                Some(p) => s.serialize_some(&crate::primary::hex(p)),
+                Some(p) => s.serialize_some(&crate::protocol::hex::encode(p)),
                 None => s.serialize_none(),
             }
         }
@@ -92,17 +88,7 @@ mod saved {
             let Some(text) = Option::<String>::deserialize(d)? else {
                 return Ok(None);
             };
-            let bytes = text.as_bytes();
-            if bytes.len() != 64 {
-                return Err(unreadable("pin"));
-            }
-            let mut out = [0u8; 32];
-            for (b, pair) in out.iter_mut().zip(bytes.chunks(2)) {
-                *b = std::str::from_utf8(pair)
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| unreadable("pin"))?;
-            }
+            let out = crate::protocol::hex::decode(&text).ok_or_else(|| unreadable("pin"))?;
             Ok(Some(out))
         }
     }
@@ -137,7 +123,7 @@ impl Endpoint {
 
     /// `primary-ca-sha256` as the seed gives it (hex), if there is a pin.
     pub fn pin_hex(&self) -> Option<String> {
-        self.pin.map(|p| hex(&p))
+        self.pin.map(|p| crate::protocol::hex::encode(&p))
     }
 
     fn host(&self) -> String {

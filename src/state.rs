@@ -10,7 +10,6 @@ use crate::protocol::{DnsReport, TrustState};
 use crate::root::Root;
 use serde::{Deserialize, Serialize};
 
-pub const STATE_DIR: &str = "/var/lib/gateway-firstboot";
 pub const STATE_FILE: &str = "/var/lib/gateway-firstboot/state.json";
 /// Exists once provisioning is handed off; `gateway.service` is conditioned on it.
 pub const DONE_MARKER: &str = "/var/lib/gateway-firstboot/done";
@@ -255,7 +254,7 @@ mod tests {
 
     fn registered(dir: &tempfile::TempDir, state: &str) -> Root {
         let root = Root::new(dir.path());
-        std::fs::create_dir_all(root.path(STATE_DIR)).unwrap();
+        std::fs::create_dir_all(root.path(STATE_FILE).parent().unwrap()).unwrap();
         std::fs::write(root.path(STATE_FILE), state).unwrap();
         std::fs::write(root.path(TOKEN_FILE), b"gwt_x").unwrap();
         root

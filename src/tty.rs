@@ -308,12 +308,6 @@ impl Drop for RawMode {
     }
 }
 
-/// Asks one question. `initial` is offered as editable text. `Ok(None)`: the person pressed
-/// Ctrl-C (or Ctrl-D on an empty line).
-pub fn ask(prompt: &str, initial: &str, masked: bool) -> io::Result<Option<String>> {
-    ask_unless(prompt, initial, masked, &mut || false)
-}
-
 /// Why [`ask_unless`] stopped without an answer: `stop` said so (the error's inner value).
 #[derive(Debug)]
 pub struct Stopped;
@@ -333,8 +327,10 @@ pub fn is_stopped(e: &(dyn std::error::Error + 'static)) -> bool {
         .is_some_and(|inner| inner.is::<Stopped>())
 }
 
-/// [`ask`], calling `stop` about every second while it waits for a key: when it returns true,
-/// the question is withdrawn (the line left as it is) with an error holding [`Stopped`].
+/// Asks one question. `initial` is offered as editable text. `Ok(None)`: the person pressed
+/// Ctrl-C (or Ctrl-D on an empty line). Calls `stop` about every second while it waits for a
+/// key: when it returns true, the question is withdrawn (the line left as it is) with an error
+/// holding [`Stopped`].
 pub fn ask_unless(
     prompt: &str,
     initial: &str,

@@ -4,13 +4,9 @@
 //! word split across rows), failure codes and fingerprints stay whole on one row, and typing a
 //! long masked key redraws the same row without moving the cursor to a new one.
 
-mod common;
-#[path = "support/sim.rs"]
-mod sim;
-
-use common::{Tree, appliance_tree, wait_exit};
+use gateway_test_support::sim::Sim;
+use gateway_test_support::{Tree, appliance_tree, wait_exit};
 use nix::pty::{Winsize, openpty};
-use sim::Sim;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::num::NonZeroU16;

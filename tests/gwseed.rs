@@ -2,13 +2,9 @@
 //! The real binary with `--root` on a fake machine (sysfs, /proc/devices, mountinfo, device
 //! nodes as FAT images), against gateway-primary-sim over TLS on loopback.
 
-mod common;
-#[path = "support/sim.rs"]
-mod sim;
-
-use common::{Tree, appliance_tree};
-use sim::Sim;
-use std::io::{Seek, SeekFrom, Write};
+use gateway_test_support::fat::Fat;
+use gateway_test_support::sim::Sim;
+use gateway_test_support::{Tree, appliance_tree};
 use std::path::Path;
 
 /// The factory image's layout on a virtio disk: vda2 the root, vda3 its GWSEED partition.
@@ -42,31 +38,13 @@ fn sys_device(tree: &mut Tree, bus: &str, disk: &str, part: Option<&str>, dev: &
 fn fat(tree: &Tree, node: &str, volume_id: u32, seed: Option<&str>) {
     let path = tree.path(node);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    f.set_len(1024 * 1024).unwrap();
-    fatfs::format_volume(
-        &mut f,
-        fatfs::FormatVolumeOptions::new()
-            .volume_label(*b"GWSEED     ")
-            .volume_id(volume_id),
-    )
-    .unwrap();
-    f.seek(SeekFrom::Start(0)).unwrap();
-    let fs = fatfs::FileSystem::new(f, fatfs::FsOptions::new()).unwrap();
-    if let Some(seed) = seed {
-        fs.root_dir()
-            .create_file("seed.toml")
-            .unwrap()
-            .write_all(seed.as_bytes())
-            .unwrap();
-    }
-    fs.unmount().unwrap();
+    let files: &[(&str, &[u8])] = match seed {
+        Some(seed) => &[("seed.toml", seed.as_bytes())],
+        None => &[],
+    };
+    Fat::gwseed(files)
+        .volume_id(volume_id)
+        .write_file(&path, 1024 * 1024);
 }
 
 /// An appliance booted from the factory image: its GWSEED partition (vda3) empty, and udev's

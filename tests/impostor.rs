@@ -4,14 +4,10 @@
 //! failure has its own code and fix line, nothing hangs past its deadline, and what the agent
 //! reads is bounded.
 
-mod common;
-#[path = "support/impostor.rs"]
-mod impostor;
-#[path = "support/sim.rs"]
-mod sim;
-
-use common::{Run, Tree, appliance_tree, wait_exit};
-use impostor::{Answer, Cert, Impostor, Kind, Spec, Validity, ca, issued_by, self_signed};
+use gateway_test_support::impostor::{
+    Answer, Cert, Impostor, Kind, Spec, Validity, ca, issued_by, self_signed,
+};
+use gateway_test_support::{Run, Tree, appliance_tree, wait_exit};
 use std::time::{Duration, Instant};
 
 /// The full API key the impostors must never see.
@@ -444,21 +440,11 @@ fn a_gzip_bomb_is_never_inflated() {
 /// impostor. The server token (a secret like the key) must not reach it.
 #[test]
 fn await_trust_refuses_an_impostor_at_the_primary_address() {
-    let mut sim = sim::Sim::start();
+    let mut sim = gateway_test_support::sim::Sim::start();
     sim.ok(&["account", "add", "acme.example"]);
     let port = sim.port;
     let mut tree = appliance_tree(&sim.default_key, &sim.ca_pem());
-    let pin: String = {
-        use rustls::pki_types::pem::PemObject;
-        let der =
-            rustls::pki_types::CertificateDer::from_pem_slice(sim.ca_pem().as_bytes()).unwrap();
-        sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(
-            der.as_ref(),
-        ))
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-    };
+    let pin = gateway_test_support::pin_of(&sim.ca_pem());
     tree.file(
         "/etc/gateway/seed.toml",
         format!(

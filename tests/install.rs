@@ -3,13 +3,9 @@
 //! account domain, a rejected key, then success; the key is never echoed. Also: the unit's
 //! waiting `provision --wait-for-seed`, and scripted use without a terminal.
 
-mod common;
-#[path = "support/sim.rs"]
-mod sim;
-
-use common::{Tree, appliance_tree, wait_exit};
+use gateway_test_support::sim::Sim;
+use gateway_test_support::{Tree, appliance_tree, wait_exit};
 use rexpect::session::{PtySession, spawn_command};
-use sim::Sim;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 

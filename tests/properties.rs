@@ -1,8 +1,8 @@
 //! Property tests: no input, however malformed, makes a parser panic.
 
 use gateway_firstboot::settings::{Source, cmdline, credentials, gwseed, seed};
+use gateway_test_support::fat::Fat;
 use proptest::prelude::*;
-use std::io::{Seek, SeekFrom, Write};
 use std::sync::OnceLock;
 
 proptest! {
@@ -43,23 +43,7 @@ proptest! {
 fn base_image() -> &'static [u8] {
     static IMAGE: OnceLock<Vec<u8>> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let mut disk = std::io::Cursor::new(vec![0u8; 1024 * 1024]);
-        fatfs::format_volume(
-            &mut disk,
-            fatfs::FormatVolumeOptions::new().volume_label(*b"GWSEED     "),
-        )
-        .unwrap();
-        disk.seek(SeekFrom::Start(0)).unwrap();
-        {
-            let fs = fatfs::FileSystem::new(&mut disk, fatfs::FsOptions::new()).unwrap();
-            fs.root_dir()
-                .create_file("seed.toml")
-                .unwrap()
-                .write_all(b"primary = \"p.example\"\n")
-                .unwrap();
-            fs.unmount().unwrap();
-        }
-        disk.into_inner()
+        Fat::gwseed(&[("seed.toml", b"primary = \"p.example\"\n")]).bytes(1024 * 1024)
     })
 }
 

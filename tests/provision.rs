@@ -1,16 +1,10 @@
 //! `provision`, `await-trust`, `status`, `check --online`: the real binary with `--root`,
 //! against gateway-primary-sim over TLS on loopback and a real dnsmasq for DNS.
 
-mod common;
-#[path = "support/dnsmasq.rs"]
-mod dnsmasq;
-#[path = "support/sim.rs"]
-mod sim;
-
-use common::{Run, Tree, appliance_tree, wait_exit};
-use dnsmasq::{Dnsmasq, host_address};
+use gateway_test_support::dnsmasq::Dnsmasq;
+use gateway_test_support::sim::Sim;
+use gateway_test_support::{Run, Tree, appliance_tree, wait_exit};
 use serde_json::Value;
-use sim::Sim;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -113,6 +107,16 @@ fn assert_code(run: &Run, code: i32) {
         "exit status\n--- stdout\n{}\n--- stderr\n{}",
         run.stdout, run.stderr
     );
+}
+
+/// This host's first address others could reach (what the agent compares DNS answers with).
+fn host_address() -> IpAddr {
+    let own = gateway_firstboot::own_addresses();
+    own.iter()
+        .copied()
+        .find(IpAddr::is_ipv4)
+        .or_else(|| own.first().copied())
+        .expect("this machine has no non-loopback address; the DNS tests need one")
 }
 
 #[test]
@@ -1138,14 +1142,7 @@ fn killed_at_every_step_the_next_run_resumes_without_duplicates() {
 #[test]
 fn a_pinned_primary_is_handed_to_the_gateway_as_its_ca() {
     let mut env = Env::new();
-    let ca_der = rustls_pki_types::pem::PemObject::from_pem_slice(env.sim.ca_pem().as_bytes())
-        .map(|c: rustls_pki_types::CertificateDer<'static>| c.as_ref().to_vec())
-        .unwrap();
-    let pin: String =
-        sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&ca_der))
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+    let pin = gateway_test_support::pin_of(&env.sim.ca_pem());
     let seed = env
         .base_seed()
         .replace("primary-ca = \"/etc/gateway/primary-ca.pem\"\n", "");

@@ -1,8 +1,7 @@
 //! `seed embed|show|clear` on a GPT disk image made with the real tools (sfdisk, mkfs.vfat),
 //! and the agent reading the embedded seed as it would at boot.
 
-mod common;
-use common::{BIN, Tree};
+use gateway_test_support::{Tree, agent_bin};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -41,8 +40,12 @@ fn factory_disk(dir: &Path) -> PathBuf {
     disk
 }
 
-fn run(args: &[&str]) -> common::Run {
-    Command::new(BIN).args(args).output().unwrap().into()
+fn run(args: &[&str]) -> gateway_test_support::Run {
+    Command::new(agent_bin())
+        .args(args)
+        .output()
+        .unwrap()
+        .into()
 }
 
 /// The GWSEED partition's bytes, as the appliance's device for it would show them.

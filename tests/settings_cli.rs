@@ -1,8 +1,7 @@
 //! The real binary, run with `--root` on fixture trees: every source, every precedence pair,
 //! every validation error, and the redaction rule.
 
-mod common;
-use common::{Tree, repo_path};
+use gateway_test_support::{Tree, repo_path};
 
 /// The sources, highest precedence first.
 #[derive(Debug, Clone, Copy)]
@@ -391,7 +390,10 @@ const CASES: &[Case] = &[
         name: "credential that is not text",
         setup: |t| {
             seed(t, "");
-            let path = t.path(&format!("{}/gateway.primary", common::CREDENTIALS_DIR));
+            let path = t.path(&format!(
+                "{}/gateway.primary",
+                gateway_test_support::tree::CREDENTIALS_DIR
+            ));
             t.credential("gateway.primary", "");
             std::fs::write(path, [0xff, 0xfe, 0x00]).unwrap();
         },

@@ -601,31 +601,10 @@ pub(crate) mod tests {
 
     /// A small FAT image with the volume label `label` (11 bytes, space-padded).
     pub fn fat_image_labelled(path: &Path, label: [u8; 11], id: u32, files: &[(&str, &[u8])]) {
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .unwrap();
-        f.set_len(2 * 1024 * 1024).unwrap();
-        fatfs::format_volume(
-            &mut f,
-            fatfs::FormatVolumeOptions::new()
-                .volume_label(label)
-                .volume_id(id),
-        )
-        .unwrap();
-        f.seek(SeekFrom::Start(0)).unwrap();
-        let fs = fatfs::FileSystem::new(f, fatfs::FsOptions::new()).unwrap();
-        for (name, content) in files {
-            fs.root_dir()
-                .create_file(name)
-                .unwrap()
-                .write_all(content)
-                .unwrap();
-        }
-        fs.unmount().unwrap();
+        gateway_test_support::fat::Fat::gwseed(files)
+            .label(label)
+            .volume_id(id)
+            .write_file(path, 2 * 1024 * 1024);
     }
 
     #[test]

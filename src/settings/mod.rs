@@ -64,12 +64,6 @@ impl Source {
     pub fn is_default(&self) -> bool {
         matches!(self, Source::Default(_) | Source::BuiltIn)
     }
-
-    /// True for sources that hold a whole seed document.
-    pub fn is_seed_document(&self) -> bool {
-        matches!(self, Source::Seed(_) | Source::Default(_))
-            || matches!(self, Source::Credential(n) if n == SEED_CREDENTIAL)
-    }
 }
 
 /// A source plus, for documents, the line of the value.

@@ -270,54 +270,9 @@ impl Validator<'_> {
     }
 }
 
-/// Checks a DNS name (RFC 1123 host name rules). Returns it lowercase without a trailing dot.
-pub fn check_dns_name(name: &str) -> Result<String, String> {
-    let trimmed = name.strip_suffix('.').unwrap_or(name);
-    if trimmed.is_empty() {
-        return Err("empty name".into());
-    }
-    if let Some(c) = trimmed.chars().find(|c| !c.is_ascii()) {
-        return Err(format!(
-            "contains the non-ASCII character {c:?}; write the name in its xn-- (punycode) form"
-        ));
-    }
-    if trimmed.len() > 253 {
-        return Err(format!(
-            "{} characters long, the limit is 253",
-            trimmed.len()
-        ));
-    }
-    for label in trimmed.split('.') {
-        if label.is_empty() {
-            return Err("empty label".into());
-        }
-        if label.len() > 63 {
-            return Err(format!(
-                "label {label:?} is {} characters long, the limit is 63",
-                label.len()
-            ));
-        }
-        if let Some(c) = label
-            .chars()
-            .find(|c| !c.is_ascii_alphanumeric() && *c != '-')
-        {
-            return Err(format!(
-                "label {label:?} contains {c:?}; only letters, digits and hyphens are allowed"
-            ));
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err(format!("label {label:?} starts or ends with a hyphen"));
-        }
-    }
-    if trimmed
-        .rsplit('.')
-        .next()
-        .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
-    {
-        return Err("the last label is all digits, so it reads as an IP address".into());
-    }
-    Ok(trimmed.to_ascii_lowercase())
-}
+/// Checks a DNS name (RFC 1123 host name rules); the rule is the protocol's, shared with the
+/// primary simulator.
+pub use gateway_protocol::check_dns_name;
 
 const PRIMARY_FIX: &str = "give the primary as a host name, IP address, host:port, [IPv6]:port or https:// URL, for example primary.example.com";
 
@@ -528,12 +483,7 @@ fn check_pin(value: &RawValue) -> Result<[u8; 32], Invalid> {
             fix,
         ));
     }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte =
-            u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| invalid("not hex", fix))?;
-    }
-    Ok(out)
+    gateway_protocol::hex::decode(hex).ok_or_else(|| invalid("not hex", fix))
 }
 
 /// Parses a duration: seconds as an integer, or `90s`, `10m`, `1h30m`, `2d`; `infinity` when

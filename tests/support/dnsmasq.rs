@@ -1,7 +1,6 @@
 //! A real DNS server for a test: dnsmasq on 127.0.0.1 at a free port, authoritative for
 //! `acme.test` (unknown names there get NXDOMAIN, nothing is forwarded anywhere), killed when
 //! dropped.
-#![allow(dead_code)]
 
 use std::net::{IpAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
@@ -163,13 +162,4 @@ impl Drop for Dnsmasq {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// This host's first address others could reach (what the agent compares DNS answers with).
-pub fn host_address() -> IpAddr {
-    gateway_firstboot::dns::own_addresses()
-        .into_iter()
-        .find(IpAddr::is_ipv4)
-        .or_else(|| gateway_firstboot::dns::own_addresses().into_iter().next())
-        .expect("this machine has no non-loopback address; the DNS tests need one")
 }

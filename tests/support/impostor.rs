@@ -1,14 +1,12 @@
 //! Impostor servers for the adversarial tests: real TLS on loopback with certificates made on
 //! the fly, each one wrong in one way, recording every byte the agent sends them (after TLS,
 //! so a request that carries the API key is seen in clear).
-#![allow(dead_code)]
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, date_time_ymd,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,10 +29,7 @@ impl Cert {
 
     /// The `primary-ca-sha256` that pins this certificate.
     pub fn sha256(&self) -> String {
-        Sha256::digest(self.der.as_ref())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::sha256_hex(self.der.as_ref())
     }
 
     fn issuer(&self) -> Issuer<'_, &KeyPair> {

@@ -1,9 +1,9 @@
 //! Starts `gateway-primary-sim` for a test: a fresh database and TLS directory, a free port on
 //! loopback, stopped (killed) when dropped. Shared by the simulator's own tests and the agent's.
-#![allow(dead_code)]
 
+use crate::Run;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -20,31 +20,9 @@ pub struct Sim {
     serve_args: Vec<String>,
 }
 
-/// A finished CLI run.
-pub struct Out {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-/// The simulator binary: beside the running test's own binaries (cargo builds every workspace
-/// binary before running tests with `--workspace`).
+/// The simulator binary.
 pub fn sim_bin() -> PathBuf {
-    if let Some(p) = option_env!("CARGO_BIN_EXE_gateway-primary-sim") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("test executable");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
-    let bin = dir.join("gateway-primary-sim");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (cargo build -p gateway-primary-sim) or run the tests with --workspace",
-        bin.display()
-    );
-    bin
+    crate::target_bin("gateway-primary-sim")
 }
 
 impl Sim {
@@ -135,19 +113,15 @@ impl Sim {
         self.spawn();
     }
 
-    pub fn cli(&self, args: &[&str]) -> Out {
-        let out = Command::new(&self.bin)
+    pub fn cli(&self, args: &[&str]) -> Run {
+        Command::new(&self.bin)
             .arg("--db")
             .arg(self.db())
             .args(args)
             .stdin(Stdio::null())
             .output()
-            .expect("running gateway-primary-sim");
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+            .expect("running gateway-primary-sim")
+            .into()
     }
 
     /// Runs a CLI command that must succeed; returns its trimmed standard output.

@@ -1,9 +1,9 @@
-//! The primary's JSON answers (`src/protocol.rs`), deserialized from the bytes of a response
+//! The primary's JSON answers (`src/protocol/lib.rs`), deserialized from the bytes of a response
 //! body as the agent does (`serde_json::from_slice`). An answer that parses is serialized
 //! again and must parse to the same value.
 #![no_main]
 
-use gateway_firstboot::protocol::{
+use gateway_protocol::{
     AccountInfo, CertificateBundle, ErrorBody, Health, RegisterResponse, SecureHello, ServerRecord,
 };
 use libfuzzer_sys::fuzz_target;

@@ -1,4 +1,4 @@
-//! The `/api/v1` endpoints. See docs/protocol.md; the types are `gateway_firstboot::protocol`.
+//! The `/api/v1` endpoints. See docs/protocol.md; the types are `gateway_protocol`.
 
 use crate::db::{ApiKey, Db, Server, now, random_token, rfc3339};
 use crate::{AppState, ConnInfo, pki};
@@ -7,11 +7,11 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use gateway_firstboot::protocol::{
+use gateway_protocol::secret::Secret;
+use gateway_protocol::{
     AccountInfo, CertificateBundle, ErrorBody, ErrorCode, Health, KeyKind, RegisterResponse,
     Registration, SecureHello, ServerRecord, TrustState,
 };
-use gateway_firstboot::secret::Secret;
 use std::net::IpAddr;
 use std::sync::Arc;
 

@@ -3,7 +3,7 @@
 //! running `serve` at once (WAL mode, a busy timeout for the writers).
 
 use anyhow::{Context, Result, bail};
-use gateway_firstboot::protocol::{DnsStatus, KeyKind, ServerRecord, TrustState};
+use gateway_protocol::{DnsStatus, KeyKind, ServerRecord, TrustState};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use rusqlite::{Connection, OptionalExtension, params};

@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use clap::{Args, Parser, Subcommand};
 use db::Db;
 use faults::Faults;
-use gateway_firstboot::protocol::{KeyKind, TrustState, short_fingerprint};
+use gateway_protocol::{KeyKind, TrustState, short_fingerprint};
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
@@ -604,7 +604,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Serve(_) => unreachable!("handled above"),
         Cmd::Account(AccountCmd::Add { domain }) => {
-            let domain = gateway_firstboot::settings::validate::check_dns_name(&domain)
+            let domain = gateway_protocol::check_dns_name(&domain)
                 .map_err(|why| anyhow::anyhow!("{domain:?} is not a DNS name: {why}"))?;
             let ca = pki::new_ca(&format!("Account CA {domain}"))?;
             db.add_account(&domain, &ca.cert, &ca.key)?;

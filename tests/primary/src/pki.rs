@@ -87,7 +87,7 @@ pub fn csr_fingerprint(csr_pem: &str) -> Result<String> {
             .map_err(|e| anyhow::anyhow!("not a certificate signing request: {e}"))?;
     csr.verify_signature()
         .map_err(|_| anyhow::anyhow!("the request's signature does not match its key"))?;
-    Ok(gateway_firstboot::protocol::key_fingerprint(
+    Ok(gateway_protocol::key_fingerprint(
         csr.certification_request_info.subject_pki.raw,
     ))
 }
@@ -123,6 +123,6 @@ pub fn client_identity(cert_der: &[u8]) -> Result<(String, String)> {
     };
     Ok((
         cn.to_string(),
-        gateway_firstboot::protocol::key_fingerprint(cert.tbs_certificate.subject_pki.raw),
+        gateway_protocol::key_fingerprint(cert.tbs_certificate.subject_pki.raw),
     ))
 }

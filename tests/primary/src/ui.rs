@@ -4,7 +4,7 @@
 use crate::AppState;
 use axum::extract::{Path, Query, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use gateway_firstboot::protocol::{TrustState, short_fingerprint};
+use gateway_protocol::{TrustState, short_fingerprint};
 use serde::Deserialize;
 use std::fmt::Write;
 use std::sync::Arc;

@@ -1,12 +1,9 @@
 //! The simulator over real TLS on loopback: every endpoint and error code, idempotent
 //! re-registration, persistence across restarts, and each fault-injection mode.
 
-#[path = "../../support/sim.rs"]
-mod sim;
-
+use gateway_test_support::sim::Sim;
 use reqwest::{Certificate, Client, Identity, StatusCode};
 use serde_json::{Value, json};
-use sim::Sim;
 use std::time::{Duration, Instant};
 
 fn client_with(sim: &Sim, identity: Option<Identity>) -> Client {
@@ -490,8 +487,7 @@ async fn the_web_page_and_the_cli_authorize() {
         .text()
         .await
         .unwrap();
-    let short =
-        gateway_firstboot::protocol::short_fingerprint(a["key_fingerprint"].as_str().unwrap());
+    let short = gateway_protocol::short_fingerprint(a["key_fingerprint"].as_str().unwrap());
     assert!(
         page.contains(&short),
         "the page shows the short fingerprint"

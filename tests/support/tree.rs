@@ -1,45 +1,16 @@
 //! A fixture tree for running the real binary with `--root`.
-#![allow(dead_code)]
 
-use std::io::{Seek, SeekFrom, Write};
+use crate::fat::Fat;
+use crate::{Run, agent_bin};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_gateway-firstboot");
 pub const CREDENTIALS_DIR: &str = "/run/credentials/gateway-firstboot.service";
 
 pub struct Tree {
     pub dir: tempfile::TempDir,
     credentials: bool,
-}
-
-/// The result of a run, with stdout and stderr as text.
-pub struct Run {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Run {
-    pub fn all(&self) -> String {
-        format!("{}{}", self.stdout, self.stderr)
-    }
-
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
-    }
-}
-
-impl From<Output> for Run {
-    fn from(o: Output) -> Self {
-        Run {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
-    }
 }
 
 impl Default for Tree {
@@ -91,29 +62,7 @@ impl Tree {
     pub fn gwseed(&mut self, files: &[(&str, &[u8])]) -> &mut Self {
         let device = self.path("/dev/vdb1");
         std::fs::create_dir_all(device.parent().unwrap()).unwrap();
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&device)
-            .unwrap();
-        f.set_len(1024 * 1024).unwrap();
-        fatfs::format_volume(
-            &mut f,
-            fatfs::FormatVolumeOptions::new().volume_label(*b"GWSEED     "),
-        )
-        .unwrap();
-        f.seek(SeekFrom::Start(0)).unwrap();
-        let fs = fatfs::FileSystem::new(f, fatfs::FsOptions::new()).unwrap();
-        for (name, content) in files {
-            fs.root_dir()
-                .create_file(name)
-                .unwrap()
-                .write_all(content)
-                .unwrap();
-        }
-        fs.unmount().unwrap();
+        Fat::gwseed(files).write_file(&device, 1024 * 1024);
         let link = self.path("/dev/disk/by-label/GWSEED");
         std::fs::create_dir_all(link.parent().unwrap()).unwrap();
         let _ = std::fs::remove_file(&link);
@@ -122,7 +71,7 @@ impl Tree {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(agent_bin());
         cmd.arg("--root").arg(self.dir.path()).args(args);
         cmd.env_remove("CREDENTIALS_DIRECTORY")
             .env_remove("GATEWAY_FIRSTBOOT_LOG");
@@ -167,22 +116,4 @@ pub fn appliance_tree(default_key: &str, ca_pem: &str) -> Tree {
         )
         .file_mode("/etc/gateway/primary-ca.pem", ca_pem, 0o644);
     tree
-}
-
-/// The exit status of `child` once it exits within `within`; `None` (and killed) if not.
-pub fn wait_exit(child: &mut std::process::Child, within: std::time::Duration) -> Option<i32> {
-    let deadline = std::time::Instant::now() + within;
-    while std::time::Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
-pub fn repo_path(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }

@@ -2,7 +2,10 @@
 //! Both sides use these types (the agent and `gateway-primary-sim`), so they cannot drift;
 //! `docs/protocol.md` describes them and `docs/openapi.yaml` is the same contract for tools.
 
-use crate::secret::{Secret, serialize_exposed};
+pub mod hex;
+pub mod secret;
+
+use secret::{Secret, serialize_exposed};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
@@ -249,8 +252,7 @@ pub struct SecureHello {
 /// `SHA256:<hex>` of a SubjectPublicKeyInfo (DER), as both sides show it.
 pub fn key_fingerprint(spki_der: &[u8]) -> String {
     let digest = Sha256::digest(spki_der);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("SHA256:{hex}")
+    format!("SHA256:{}", hex::encode(&digest))
 }
 
 /// The short form shown on the console and in the primary's web page, so an administrator
@@ -267,6 +269,55 @@ pub fn short_fingerprint(fingerprint: &str) -> String {
         .map(|c| String::from_utf8_lossy(c).into_owned())
         .collect();
     head.join("-")
+}
+
+/// Checks a DNS name (RFC 1123 host name rules). Returns it lowercase without a trailing dot.
+pub fn check_dns_name(name: &str) -> Result<String, String> {
+    let trimmed = name.strip_suffix('.').unwrap_or(name);
+    if trimmed.is_empty() {
+        return Err("empty name".into());
+    }
+    if let Some(c) = trimmed.chars().find(|c| !c.is_ascii()) {
+        return Err(format!(
+            "contains the non-ASCII character {c:?}; write the name in its xn-- (punycode) form"
+        ));
+    }
+    if trimmed.len() > 253 {
+        return Err(format!(
+            "{} characters long, the limit is 253",
+            trimmed.len()
+        ));
+    }
+    for label in trimmed.split('.') {
+        if label.is_empty() {
+            return Err("empty label".into());
+        }
+        if label.len() > 63 {
+            return Err(format!(
+                "label {label:?} is {} characters long, the limit is 63",
+                label.len()
+            ));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !c.is_ascii_alphanumeric() && *c != '-')
+        {
+            return Err(format!(
+                "label {label:?} contains {c:?}; only letters, digits and hyphens are allowed"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("label {label:?} starts or ends with a hyphen"));
+        }
+    }
+    if trimmed
+        .rsplit('.')
+        .next()
+        .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err("the last label is all digits, so it reads as an IP address".into());
+    }
+    Ok(trimmed.to_ascii_lowercase())
 }
 
 #[cfg(test)]
