@@ -164,23 +164,9 @@ impl Progress {
 
     /// `/run/gateway-firstboot/status.json`: the state plus the current activity; no secrets.
     pub fn write_status(&self, state: &State) {
-        let doc = serde_json::json!({
-            "phase": state.phase,
-            "activity": self.activity,
-            "server_id": state.server_id,
-            "account": state.account,
-            "primary": state.primary.as_ref().map(|p| p.url.as_str()),
-            "trust": state.trust,
-            "key_fingerprint": state.key_fingerprint,
-            "short_fingerprint": state.key_fingerprint.as_deref().map(crate::protocol::short_fingerprint),
-            "dns": state.dns,
-            "dns_records_missing": state.dns_records_missing,
-            "dns_records_to_delete": state.dns_records_to_delete,
-            "dns_reverse_missing": state.dns_reverse_missing,
-            "warnings": state.all_warnings(),
-            "last_error": state.last_error,
-            "updated": crate::state::now_rfc3339(),
-        });
+        let mut doc = state_json(state);
+        doc.insert("activity".into(), self.activity.clone().into());
+        doc.insert("updated".into(), crate::state::now_rfc3339().into());
         let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
         if let Err(e) = fsutil::write_quick(&self.root.path(STATUS_FILE), &bytes, 0o644) {
             log::warn!("writing {STATUS_FILE}: {e}");
@@ -199,4 +185,27 @@ pub fn describe(phase: Phase) -> &'static str {
         Phase::HandedOff => "handed off, waiting for authorization",
         Phase::Trusted => "trusted, secure connection established",
     }
+}
+
+/// What `status --json` and `status.json` both say of the state; no secrets.
+pub fn state_json(state: &State) -> serde_json::Map<String, serde_json::Value> {
+    let serde_json::Value::Object(doc) = serde_json::json!({
+        "phase": state.phase,
+        "server_id": state.server_id,
+        "account": state.account,
+        "primary": state.primary.as_ref().map(|p| p.url.as_str()),
+        "trust": state.trust,
+        "key_fingerprint": state.key_fingerprint,
+        "short_fingerprint": state.key_fingerprint.as_deref().map(crate::protocol::short_fingerprint),
+        "dns": state.dns,
+        "dns_records_missing": state.dns_records_missing,
+        "dns_records_to_delete": state.dns_records_to_delete,
+        "dns_reverse_missing": state.dns_reverse_missing,
+        "warnings": state.all_warnings(),
+        "last_error": state.last_error,
+        "updated": state.updated,
+    }) else {
+        unreachable!("a JSON object literal")
+    };
+    doc
 }

@@ -44,24 +44,9 @@ pub async fn run(root: &Root, args: &StatusArgs) -> anyhow::Result<u8> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     if args.json {
-        let doc = serde_json::json!({
-            "status": word,
-            "exit": code,
-            "phase": state.phase,
-            "server_id": state.server_id,
-            "account": state.account,
-            "primary": state.primary.as_ref().map(|p| p.url.as_str()),
-            "trust": state.trust,
-            "key_fingerprint": state.key_fingerprint,
-            "short_fingerprint": state.key_fingerprint.as_deref().map(short_fingerprint),
-            "dns": state.dns,
-            "dns_records_missing": state.dns_records_missing,
-            "dns_records_to_delete": state.dns_records_to_delete,
-            "dns_reverse_missing": state.dns_reverse_missing,
-            "warnings": state.all_warnings(),
-            "last_error": state.last_error,
-            "updated": state.updated,
-        });
+        let mut doc = progress::state_json(&state);
+        doc.insert("status".into(), word.into());
+        doc.insert("exit".into(), code.into());
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(code);
     }
