@@ -170,6 +170,51 @@ fn underlying_disks(root: &Root, name: &str, depth: usize, out: &mut BTreeSet<St
     }
 }
 
+/// USB devices, as sysfs lists them (interfaces are `1-1:1.0`).
+pub const SYS_USB_DEVICES: &str = "/sys/bus/usb/devices";
+
+/// USB mass-storage interfaces (class 08) that have no block device under them yet: a stick
+/// the kernel has found but not finished setting up (usb-storage waits a second before it
+/// scans, and under load much longer). Their names, sorted; empty where sysfs has no USB.
+pub fn usb_storage_pending(root: &Root) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(root.path(SYS_USB_DEVICES)) else {
+        return Vec::new();
+    };
+    let mut pending: Vec<String> = entries
+        .flatten()
+        .take(MAX_ENTRIES)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| name.contains(':'))
+        .filter(|name| {
+            let dir = Path::new(SYS_USB_DEVICES).join(name);
+            read_attr(root, &dir.join("bInterfaceClass")).as_deref() == Some("08")
+                && !has_block(&root.path(&dir), 6)
+        })
+        .collect();
+    pending.sort();
+    pending
+}
+
+/// Whether a `block` directory with an entry is somewhere under `dir` (an interface's
+/// `host6/target6:0:0/6:0:0:0/block/sda`), at most `depth` levels down.
+fn has_block(dir: &Path, depth: usize) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().take(MAX_ENTRIES).any(|e| {
+        let path = e.path();
+        // Only real directories: sysfs links lead back up the tree.
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        if !is_dir {
+            return false;
+        }
+        if e.file_name() == "block" {
+            return std::fs::read_dir(&path).is_ok_and(|mut d| d.next().is_some());
+        }
+        depth > 0 && has_block(&path, depth - 1)
+    })
+}
+
 /// The name of the directory a sysfs device directory is in: the disk of a partition
 /// (`/sys/devices/…/block/sdb/sdb1` → `sdb`).
 fn parent_name(real: &Path) -> Option<String> {
@@ -213,6 +258,28 @@ pub fn root_mount(text: &str) -> Option<(&str, &str)> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn a_usb_stick_without_its_block_device_yet_is_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        assert!(usb_storage_pending(&root).is_empty(), "no USB in sysfs");
+        let usb = root.path(SYS_USB_DEVICES);
+        let interface = |name: &str, class: &str| {
+            std::fs::create_dir_all(usb.join(name)).unwrap();
+            std::fs::write(usb.join(name).join("bInterfaceClass"), format!("{class}\n")).unwrap();
+        };
+        interface("1-1:1.0", "08");
+        interface("1-2:1.0", "03"); // a keyboard
+        std::fs::create_dir_all(usb.join("1-1")).unwrap(); // the device, not an interface
+        assert_eq!(usb_storage_pending(&root), ["1-1:1.0"]);
+        // The SCSI scan made the disk but not its block device yet: still pending.
+        let scsi = usb.join("1-1:1.0/host6/target6:0:0/6:0:0:0");
+        std::fs::create_dir_all(scsi.join("block")).unwrap();
+        assert_eq!(usb_storage_pending(&root), ["1-1:1.0"]);
+        std::fs::create_dir_all(scsi.join("block/sda")).unwrap();
+        assert!(usb_storage_pending(&root).is_empty());
+    }
 
     /// A fake machine under a test root: /proc/devices, /proc/self/mountinfo, and sysfs entries
     /// for disks and partitions, as the kernel lays them out (`/sys/devices/…/block/DISK/PART`,

@@ -191,6 +191,48 @@ const MAX_CANDIDATES: usize = 64;
 /// does, so that a hung drive costs one thread, not one per look.
 static BUSY: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
 
+/// How long the first look waits for USB sticks the kernel has found to get their block
+/// devices (a stick plugged in at power-on, slow to set up): then they are looked at too.
+const USB_SETTLE: Duration = Duration::from_secs(15);
+
+/// Whether a look waited for USB sticks already: only the first does (later looks, while
+/// waiting for a seed, see a late stick through the block device watch).
+static USB_SETTLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Waits (once per run, at most [`USB_SETTLE`]) until no USB mass-storage interface is
+/// without its block device.
+fn settle_usb_storage(root: &Root) {
+    if USB_SETTLED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    let started = Instant::now();
+    let mut pending = blockdev::usb_storage_pending(root);
+    if pending.is_empty() {
+        return;
+    }
+    log::info!(
+        "waiting up to {}s for USB disk(s) {} to be set up",
+        USB_SETTLE.as_secs(),
+        pending.join(", ")
+    );
+    while !pending.is_empty() && started.elapsed() < USB_SETTLE {
+        std::thread::sleep(Duration::from_millis(200));
+        pending = blockdev::usb_storage_pending(root);
+    }
+    if pending.is_empty() {
+        log::info!(
+            "USB disks set up after {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+    } else {
+        log::warn!(
+            "USB disk(s) {} still without a block device after {}s: not looked at",
+            pending.join(", "),
+            USB_SETTLE.as_secs()
+        );
+    }
+}
+
 /// What the last [`find`] logged, so that a wait for a seed (a look every few seconds) does not
 /// repeat it.
 static LAST_NOTES: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -260,6 +302,7 @@ pub(crate) struct Decision {
 /// Looks at every disk and partition (and udev's by-label link) for `GWSEED` filesystems and
 /// decides which seed to use.
 pub(crate) fn find(root: &Root) -> Decision {
+    settle_usb_storage(root);
     let mut problems = Vec::new();
     let candidates = candidates(root, &mut problems);
     let mut decision = decide(probe(root, candidates, DEADLINE));
