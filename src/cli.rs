@@ -44,6 +44,9 @@ pub enum Command {
     Provision(ProvisionArgs),
     /// Wait until an administrator authorizes this server, then prove the secure connection
     AwaitTrust(AwaitTrustArgs),
+    /// Renew the client certificate once two thirds of its lifetime have passed (re-enrol
+    /// once it has expired); gateway-firstboot-renew.timer runs it
+    Renew(RenewArgs),
     /// Show where provisioning stands (exit 0 trusted, 1 failed, 2 warnings, 3 waiting, 4 busy)
     Status(StatusArgs),
     /// Write, show or clear the seed in a factory image's GWSEED partition (no mounting)
@@ -51,6 +54,75 @@ pub enum Command {
     /// Ask for the primary, the account and the API key on the console, check them with the
     /// primary, save them in /etc/gateway/seed.toml and provision
     Install(InstallArgs),
+    /// Write systemd-networkd's files for the network settings (static address, gateway,
+    /// DNS, VLAN); gateway-firstboot-network.service runs it before the network starts
+    ApplyNetwork(ApplyNetworkArgs),
+    /// Deregister from the primary and wipe what provisioning made, so that the next boot
+    /// (or install) provisions again; the seeds are kept
+    Reset(ResetArgs),
+    /// At boot: whether this box is the one its identity was made on; a copy (a cloned VM)
+    /// does not use it and provisions as a new server
+    #[command(
+        long_about = "Compare the hardware recorded when this server's key pair was made \
+        (the SMBIOS product UUID, and the machine ID once committed) with this box's. The same \
+        box: nothing happens. Another one (a VM copied after it was provisioned, booted with \
+        another product UUID, or a copy whose /etc/machine-id was made anew): the copied \
+        identity is not used. It is wiped as `reset` would (the private key overwritten first, \
+        the state, gateway.toml), without asking the primary to remove the server (that one is \
+        the original's), and this box gets a machine identity of its own; it is said on the \
+        console and in the journal. gateway-firstboot.service then provisions the box as a new \
+        server if a seed is there, or waits for its settings. \
+        gateway-firstboot-identity.service runs it at every boot, before the gateway. See \
+        docs/lifecycle.md."
+    )]
+    CheckIdentity,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Take this gateway out of its account and back to how it was before its \
+    first boot. First the primary is asked to remove this server (DELETE /api/v1/servers/ID \
+    with the server token; a few attempts within 30 seconds). Then the agent's state and \
+    done-marker (/var/lib/gateway-firstboot), the identity (/var/lib/gateway/identity, the \
+    private key overwritten before it is removed), /etc/gateway/gateway.toml, the console \
+    line and the network files the handoff kept in /etc/systemd/network are wiped. The seeds \
+    stay, so the next boot (or gateway-firstboot install) provisions again.\n\n\
+    A reset cut short (a power cut) completes when run again, or at the next boot before \
+    provisioning starts. See docs/lifecycle.md."
+)]
+pub struct ResetArgs {
+    /// Keep the registration: do not ask the primary to remove this server, and keep the key
+    /// pair and the machine identity, so that provisioning again gets the same server id
+    #[arg(long)]
+    pub keep_registration: bool,
+
+    /// Go on when the primary cannot be reached (or refuses): the primary then keeps a
+    /// stale record of this server, which an administrator must remove there
+    #[arg(long)]
+    pub force: bool,
+
+    /// Do not ask for confirmation (needed without a terminal)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Write systemd-networkd's files for the network settings (address, gateway, \
+    dns-servers, search-domains, vlan, interface) from every source, as provisioning reads \
+    them: under /run/systemd/network before provisioning, under /etc/systemd/network once \
+    provisioned. Without network settings, removes the files it wrote (the image's DHCP \
+    again). Invalid settings write nothing and exit 65, each problem printed with its source \
+    and fix."
+)]
+pub struct ApplyNetworkArgs {
+    /// Then have systemd-networkd read the files again (networkctl reload), for a network
+    /// that is up already
+    #[arg(long)]
+    pub reload: bool,
+
+    #[command(flatten)]
+    pub settings: SettingsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -134,6 +206,45 @@ pub struct AwaitTrustArgs {
     /// systemctl try-restart gateway.service, under --root: nothing)
     #[arg(long, value_name = "COMMAND")]
     pub notify_command: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Keep the trusted server's client certificate current. Until two thirds of \
+    its lifetime have passed, nothing happens (it says when renewal is due). Then a new \
+    certificate signing request for the same key pair goes to the primary over mutual TLS \
+    with the current certificate (POST /api/v1/servers/ID/certificate), retried with backoff \
+    and jitter until the certificate expires or --timeout; the new certificate is proved with \
+    the secure hello, stored in /var/lib/gateway/identity/cert.pem, and the gateway is told \
+    (systemctl reload-or-try-restart gateway.service). Once the primary says the certificate \
+    has expired, the server re-enrols instead (POST /api/v1/servers/ID/enrolment with its \
+    server token and a new request): the primary shows it not trusted until an administrator \
+    clicks Authorize again, and gateway-firstboot-trust.service waits for that as at the \
+    first boot. gateway-firstboot-renew.timer runs it twice a day. See docs/lifecycle.md."
+)]
+pub struct RenewArgs {
+    /// Renew now, whatever the certificate's age
+    #[arg(long)]
+    pub force: bool,
+
+    /// Longest wait between two attempts (backoff grows to it)
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub poll_max: std::time::Duration,
+
+    /// Give up after DURATION (30s, 2m; a bare number is seconds; default: when the
+    /// certificate expires)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+
+    /// Command run once renewed ("none" for nothing; default on the real system:
+    /// systemctl reload-or-try-restart gateway.service, under --root: nothing)
+    #[arg(long, value_name = "COMMAND")]
+    pub notify_command: Option<String>,
+
+    /// Command run once re-enrolled ("none" for nothing; default on the real system:
+    /// systemctl start --no-block gateway-firstboot-trust.service, under --root: nothing)
+    #[arg(long, value_name = "COMMAND")]
+    pub trust_command: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -232,6 +343,40 @@ pub struct SettingsArgs {
     /// Allow a plain http:// primary (testing only)
     #[arg(long)]
     pub insecure_http: bool,
+
+    /// Static address with prefix length, 192.0.2.10/24 (repeat for more; default: DHCP)
+    #[arg(long = "address", value_name = "IP/PREFIX")]
+    pub addresses: Vec<String>,
+
+    /// Default gateway (router) for the static address
+    #[arg(long, value_name = "IP")]
+    pub gateway: Option<String>,
+
+    /// DNS server this server uses (repeat for more; default: DHCP's)
+    #[arg(long = "dns-server", value_name = "IP")]
+    pub dns_servers: Vec<String>,
+
+    /// DNS search domain (repeat for more; default: DHCP's)
+    #[arg(long = "search-domain", value_name = "DOMAIN")]
+    pub search_domains: Vec<String>,
+
+    /// VLAN id (1-4094) of the server network (default: untagged)
+    #[arg(long, value_name = "ID")]
+    pub vlan: Option<String>,
+
+    /// Network link for these settings: name or MAC address (default: every Ethernet link)
+    #[arg(long, value_name = "NAME|MAC")]
+    pub interface: Option<String>,
+
+    /// HTTP proxy to reach the primary through: http://[USER:PASSWORD@]HOST:PORT
+    /// (a password here is visible in ps: prefer a seed or a credential)
+    #[arg(long, value_name = "URL")]
+    pub proxy: Option<String>,
+
+    /// Hosts reached without the proxy: names, .domain suffixes, IPs, CIDR ranges, *
+    /// (comma-separated)
+    #[arg(long, value_name = "LIST")]
+    pub no_proxy: Option<String>,
 }
 
 impl SettingsArgs {
@@ -256,17 +401,33 @@ impl SettingsArgs {
             (Key::ConnectTimeout, &self.connect_timeout),
             (Key::RequestTimeout, &self.request_timeout),
             (Key::Deadline, &self.deadline),
+            (Key::Gateway, &self.gateway),
+            (Key::Vlan, &self.vlan),
+            (Key::Interface, &self.interface),
         ];
         for (key, value) in texts {
             if let Some(v) = value {
                 push(key, RawValue::Text(v.clone()));
             }
         }
-        if !self.nameservers.is_empty() {
-            push(Key::Nameservers, RawValue::List(self.nameservers.clone()));
+        let lists = [
+            (Key::Nameservers, &self.nameservers),
+            (Key::Address, &self.addresses),
+            (Key::DnsServers, &self.dns_servers),
+            (Key::SearchDomains, &self.search_domains),
+        ];
+        for (key, items) in lists {
+            if !items.is_empty() {
+                push(key, RawValue::List(items.clone()));
+            }
         }
         if self.insecure_http {
             push(Key::InsecureHttp, RawValue::Bool(true));
+        }
+        for (key, value) in [(Key::Proxy, &self.proxy), (Key::NoProxy, &self.no_proxy)] {
+            if let Some(v) = value {
+                push(key, RawValue::from_text(key, v));
+            }
         }
         if let Some(path) = &self.api_key_file {
             match read_key_file(path) {

@@ -24,8 +24,8 @@ pub const NOPERM: u8 = 77;
 /// The settings do not fit the primary (unknown account domain, untrusted certificate, ...).
 pub const CONFIG: u8 = 78;
 
-/// The installer was cancelled (Ctrl-C) before it changed anything; 128 + SIGINT, as a shell
-/// reports an interrupted command.
+/// The installer was cancelled (Ctrl-C) before it changed anything, or `reset` was not
+/// confirmed; 128 + SIGINT, as a shell reports an interrupted command.
 pub const CANCELLED: u8 = 130;
 
 /// The table shown at the end of `--help`.
@@ -35,13 +35,13 @@ Exit status:
   64  usage error in the agent's own command line
   65  invalid settings (every problem is printed with its source and fix)
   66  no settings found: no flag, kernel parameter, credential or seed
-  69  the primary is unreachable (check --online)
+  69  the primary is unreachable (check --online, reset)
   70  internal error (a bug: please report it)
   74  input/output error
   75  gave up retrying at the deadline; running again may succeed
   76  the primary's answer does not follow the protocol
   77  API key refused, or the server was rejected
   78  settings do not fit the primary (account, certificate)
-  130 the installer was cancelled before it changed anything
+  130 the installer (or reset) was cancelled before it changed anything
 status: 0 trusted, 1 failed, 2 done with warnings, 3 waiting for
   authorization, 4 in progress";

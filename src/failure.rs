@@ -61,6 +61,9 @@ code_enum! {
         ServerRejected = "server-rejected",
         /// The primary no longer knows the registered server (its token or record is gone).
         RegistrationLost = "registration-lost",
+        /// The primary says the server's client certificate has expired: renewal cannot
+        /// help, the server re-enrols and waits for Authorize again.
+        CertificateExpired = "certificate-expired",
         /// The address answers, but not with the registration protocol.
         NotAPrimary = "not-a-primary",
         /// The primary refused a request the agent made: a bug on one side.
@@ -73,6 +76,16 @@ code_enum! {
         IdentityDamaged = "identity-damaged",
         /// A bug.
         Internal = "internal",
+        /// No TCP connection to the proxy (refused, no route, timed out, its name unknown).
+        ProxyUnreachable = "proxy-unreachable",
+        /// The proxy answered CONNECT with 407: it does not accept the credentials.
+        ProxyAuth = "proxy-auth",
+        /// The proxy answered CONNECT with a refusal (403: its policy; any other but the ones
+        /// of `proxy-upstream`).
+        ProxyConnectRefused = "proxy-connect-refused",
+        /// The proxy answered CONNECT with 408, 429, 500, 502, 503 or 504: it could not reach
+        /// the primary, or is busy.
+        ProxyUpstream = "proxy-upstream",
     }
 }
 
@@ -99,15 +112,46 @@ const REACH_FIX: &str =
 const TRUST_FIX: &str = "set primary-ca to the primary's CA certificate (or primary-ca-sha256), or check the primary address";
 const NOT_PRIMARY_FIX: &str = "check that the primary address points at the primary server";
 const WRONG_NAME_FIX: &str = "use an address the primary's certificate names (its DNS name, usually), or reissue the certificate";
-const REJECTED_FIX: &str =
-    "ask the administrator; to register again, remove the server on the primary and reprovision";
+/// How an administrator removes a server on the primary (docs/lifecycle.md).
+macro_rules! remove_on_primary {
+    () => {
+        "an administrator must remove the server on the primary (its web page: Server \
+         information, Remove; or DELETE /api/v1/accounts/ACCOUNT/servers/ID with a full API key)"
+    };
+}
+const REENROL_FIX: &str = "nothing: the agent re-enrols (`gateway-firstboot renew`); click Authorize on the primary again";
+const NO_MACHINE_ID_FIX: &str =
+    "systemd writes it early at first boot; the image must ship it as \"uninitialized\"";
+const REJECTED_FIX: &str = concat!(
+    "ask the administrator; to register again, ",
+    remove_on_primary!(),
+    ", then run `gateway-firstboot reset --yes` here and provision again"
+);
 
 impl Code {
+    /// Whether a change of this server's addresses or routes may mend it (a network that came
+    /// up late): the retry then tries again when the network changes, not only at the end of
+    /// its backoff.
+    pub fn network_may_fix(self) -> bool {
+        use Code::*;
+        matches!(
+            self,
+            PrimaryDns
+                | PrimaryRefused
+                | PrimaryUnreachable
+                | PrimaryTimeout
+                | PrimaryReset
+                | DnsMissing
+                | ProxyUnreachable
+        )
+    }
+
     pub fn class(self) -> Class {
         use Code::*;
         match self {
             PrimaryDns | PrimaryRefused | PrimaryUnreachable | PrimaryTimeout | PrimaryReset
-            | PrimaryError | RateLimited | ClockWrong | DnsMissing | NotTrusted => Class::Transient,
+            | PrimaryError | RateLimited | ClockWrong | DnsMissing | NotTrusted
+            | ProxyUnreachable | ProxyUpstream => Class::Transient,
             SettingsInvalid
             | NoSettings
             | Deadline
@@ -132,6 +176,7 @@ impl Code {
             | IdentityConflict
             | ServerRejected
             | RegistrationLost
+            | CertificateExpired
             | NotAPrimary
             | Protocol
             | NotProvisioned
@@ -139,6 +184,8 @@ impl Code {
             | Io
             | NoMachineId
             | IdentityDamaged
+            | ProxyAuth
+            | ProxyConnectRefused
             | Internal => Class::Permanent,
         }
     }
@@ -158,7 +205,7 @@ impl Code {
             NoSettings => exit::NOINPUT,
             Deadline => exit::TEMPFAIL,
             KeyRejected | KeyExpired | KeyIpNotAllowed | KeyAccountMismatch | KeyRestricted
-            | ServerRejected => exit::NOPERM,
+            | ServerRejected | ProxyAuth => exit::NOPERM,
             Protocol | NotAPrimary => exit::PROTOCOL,
             Io => exit::IOERR,
             Internal => exit::SOFTWARE,
@@ -177,14 +224,15 @@ impl Code {
             | AccountUnknown
             | IdentityConflict
             | RegistrationLost
+            | CertificateExpired
             | NotProvisioned
             | StateCorrupt
             | NoMachineId
-            | IdentityDamaged => exit::CONFIG,
+            | IdentityDamaged
+            | ProxyConnectRefused => exit::CONFIG,
             PrimaryDns | PrimaryRefused | PrimaryUnreachable | PrimaryTimeout | PrimaryReset
-            | PrimaryError | RateLimited | ClockWrong | DnsMissing | NotTrusted => {
-                exit::UNAVAILABLE
-            }
+            | PrimaryError | RateLimited | ClockWrong | DnsMissing | NotTrusted
+            | ProxyUnreachable | ProxyUpstream => exit::UNAVAILABLE,
         }
     }
 
@@ -237,9 +285,12 @@ impl Code {
             AccountUnknown => {
                 "check the account domain name (Account settings on the primary show it)"
             }
-            IdentityConflict => "remove the old server on the primary, then provision again",
+            IdentityConflict => concat!(remove_on_primary!(), ", then provision again"),
             ServerRejected => REJECTED_FIX,
-            RegistrationLost => "remove /var/lib/gateway-firstboot and provision again",
+            RegistrationLost => {
+                "run `gateway-firstboot reset --yes`, then provision again (reboot, or `gateway-firstboot install`)"
+            }
+            CertificateExpired => REENROL_FIX,
             Protocol => "report this with the agent's version",
             NotProvisioned => {
                 "run `gateway-firstboot provision` (gateway-firstboot.service does at boot)"
@@ -249,10 +300,18 @@ impl Code {
                  put seed.toml on a FAT stick labelled GWSEED, pass gateway.* credentials, \
                  or run `gateway-firstboot install`"
             }
-            NoMachineId => {
-                "systemd writes it early at first boot; the image must ship it as \"uninitialized\""
-            }
+            NoMachineId => NO_MACHINE_ID_FIX,
             Internal => "report a bug",
+            ProxyUnreachable => {
+                "check the proxy setting (host and port), that the proxy is running, and this server's network"
+            }
+            ProxyAuth => "check the proxy user and password in the proxy setting",
+            ProxyConnectRefused => {
+                "ask the proxy's administrator to allow CONNECT to the primary's host and port, or check the primary address"
+            }
+            ProxyUpstream => {
+                "nothing: the agent retries; if it lasts, check the primary address and that the proxy can reach the primary"
+            }
             SettingsInvalid | Deadline | DnsMissing | StateCorrupt | Io | IdentityDamaged => {
                 return None;
             }
@@ -287,10 +346,14 @@ impl Code {
             | TlsNotServerCertificate
             | TlsCertificate
             | TlsVersion
-            | TlsHandshake => &[Key::Primary],
+            | TlsHandshake
+            | ProxyConnectRefused
+            | ProxyUpstream => &[Key::Primary],
+            ProxyUnreachable | ProxyAuth => &[],
             SettingsInvalid | NoSettings | Deadline | DnsMissing | NotTrusted
-            | IdentityConflict | ServerRejected | RegistrationLost | Protocol | NotProvisioned
-            | StateCorrupt | Io | NoMachineId | IdentityDamaged | Internal => &[],
+            | IdentityConflict | ServerRejected | RegistrationLost | CertificateExpired
+            | Protocol | NotProvisioned | StateCorrupt | Io | NoMachineId | IdentityDamaged
+            | Internal => &[],
         }
     }
 }

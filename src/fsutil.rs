@@ -43,6 +43,49 @@ fn write_replace(path: &Path, data: &[u8], mode: u32, durable: bool) -> io::Resu
     Ok(())
 }
 
+/// Overwrites `ranges` of `file` with `filler` in the file's own blocks (ext4 and FAT write a
+/// rewritten range where it was) and waits for the disk: what a secret gets before its file is
+/// replaced or removed, which alone would leave the bytes in freed blocks.
+pub fn overwrite_in_place(
+    file: &File,
+    ranges: &[std::ops::Range<usize>],
+    filler: u8,
+) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    for r in ranges {
+        file.write_all_at(&vec![filler; r.len()], r.start as u64)?;
+    }
+    file.sync_all()
+}
+
+/// Removes a file that holds a secret (a private key, a token): its bytes overwritten in place
+/// first ([`overwrite_in_place`]), then unlinked, the directory synced. `Ok(false)` if there
+/// was no such file.
+pub fn shred(path: &Path) -> io::Result<bool> {
+    let file = match fs::OpenOptions::new().write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len() as usize;
+    overwrite_in_place(&file, std::slice::from_ref(&(0..len)), 0)?;
+    drop(file);
+    remove(path)
+}
+
+/// Removes a file and syncs its directory; `Ok(false)` if there was none.
+pub fn remove(path: &Path) -> io::Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(true)
+}
+
 /// Reads a file that may not exist.
 pub fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
     match fs::read(path) {
@@ -73,5 +116,19 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "no temporary file is left: {names:?}");
+    }
+
+    #[test]
+    fn a_shredded_file_is_overwritten_then_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.pem");
+        write_atomic(&path, b"secret bytes", 0o600).unwrap();
+        // A second name for the same inode shows what the blocks held after the overwrite.
+        let witness = dir.path().join("witness");
+        fs::hard_link(&path, &witness).unwrap();
+        assert!(shred(&path).unwrap());
+        assert!(!path.exists());
+        assert_eq!(fs::read(&witness).unwrap(), vec![0u8; 12]);
+        assert!(!shred(&path).unwrap(), "nothing to shred twice");
     }
 }

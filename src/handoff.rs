@@ -13,13 +13,31 @@ use crate::state::{DONE_MARKER, State};
 use std::fs::OpenOptions;
 use std::io::{self, Read};
 use std::ops::Range;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use toml::de::DeTable;
 
 pub const GATEWAY_CONFIG: &str = "/etc/gateway/gateway.toml";
 
-/// Writes /etc/gateway/gateway.toml (and the primary's CA, if the seed gave one).
+/// Keeps the seed's network settings under /etc/systemd/network, where the boots after this
+/// one find them when the seed that gave them (a stick, a credential) is gone; without network
+/// settings, removes ours from there (the image's DHCP again).
+pub fn keep_network(root: &Root, state: &State) -> Result<(), Failure> {
+    crate::network::write(root, crate::network::ETC_DIR, state.network.as_ref())
+        .map(drop)
+        .map_err(|e| {
+            io(
+                format!(
+                    "writing the network settings in {}",
+                    crate::network::ETC_DIR
+                ),
+                e,
+            )
+        })
+}
+
+/// Writes /etc/gateway/gateway.toml (and the primary's CA, if the seed gave one). Mode 0644,
+/// or 0600 when it holds the proxy's password.
 pub fn write_gateway_config(root: &Root, state: &State) -> Result<(), Failure> {
     let primary = state.primary.as_ref();
     if let Some(pem) = primary.and_then(|p| p.ca_pem.as_ref()) {
@@ -48,6 +66,14 @@ pub fn write_gateway_config(root: &Root, state: &State) -> Result<(), Failure> {
     if let Some(pin) = primary.and_then(Endpoint::pin_hex) {
         put("primary-ca-sha256", pin.into());
     }
+    let proxy = primary.and_then(|p| p.proxy.as_ref());
+    let secret = proxy.is_some_and(|p| p.password.is_some());
+    if let Some(proxy) = proxy {
+        put("proxy", proxy.with_credentials().expose().into());
+    }
+    if let Some(list) = primary.map(|p| &p.no_proxy).filter(|l| !l.is_empty()) {
+        put("no-proxy", list.joined().into());
+    }
     let text = format!(
         "# Written by gateway-firstboot when it handed off to the gateway; see docs/gateway-contract.md.\n\
          # certificate and account-ca exist once an administrator has authorized this server.\n{}",
@@ -56,7 +82,7 @@ pub fn write_gateway_config(root: &Root, state: &State) -> Result<(), Failure> {
     fsutil::write_atomic(
         &root.path(crate::handoff::GATEWAY_CONFIG),
         text.as_bytes(),
-        0o644,
+        if secret { 0o600 } else { 0o644 },
     )
     .map_err(|e| io(format!("writing {GATEWAY_CONFIG}"), e))
 }
@@ -309,10 +335,7 @@ fn overwrite_seed_file(real: &Path, mode: u32) -> io::Result<Option<Scrub>> {
     let Some(plan) = plan_scrub(&bytes) else {
         return Ok(None);
     };
-    for r in &plan.ranges {
-        file.write_all_at(&vec![FILLER; r.len()], r.start as u64)?;
-    }
-    file.sync_all()?;
+    fsutil::overwrite_in_place(&file, &plan.ranges, FILLER)?;
     Ok(Some(plan))
 }
 

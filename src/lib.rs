@@ -14,15 +14,19 @@ pub(crate) mod handoff;
 pub(crate) mod identity;
 pub(crate) mod lock;
 pub mod logging;
+pub(crate) mod netwatch;
+pub(crate) mod network;
 pub(crate) mod primary;
 pub(crate) mod problem;
 pub(crate) mod progress;
+pub(crate) mod proxy;
 pub(crate) mod retry;
 pub mod root;
 pub(crate) mod seedwatch;
 pub mod settings;
 pub(crate) mod state;
 pub(crate) mod tty;
+pub(crate) mod validity;
 pub(crate) mod wrap;
 
 // The wire types and the secret string live in their own crate, shared with the simulator.
@@ -43,9 +47,13 @@ pub fn run(cli: &Cli) -> anyhow::Result<u8> {
         Command::Check(args) => runtime()?.block_on(commands::check::run(&root, args)),
         Command::Provision(args) => runtime()?.block_on(commands::provision::run(&root, args)),
         Command::AwaitTrust(args) => runtime()?.block_on(commands::await_trust::run(&root, args)),
+        Command::Renew(args) => runtime()?.block_on(commands::renew::run(&root, args)),
         Command::Status(args) => runtime()?.block_on(commands::status::run(&root, args)),
         Command::Seed(args) => commands::seed::run(args),
         Command::Install(args) => runtime()?.block_on(commands::install::run(&root, args)),
+        Command::ApplyNetwork(args) => commands::apply_network::run(&root, args),
+        Command::Reset(args) => runtime()?.block_on(commands::reset::run(&root, args)),
+        Command::CheckIdentity => commands::check_identity::run(&root),
     }
 }
 

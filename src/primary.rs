@@ -7,6 +7,7 @@ use crate::protocol::{
     API_PREFIX, AccountInfo, CertificateBundle, ErrorBody, ErrorCode, Health, KeyKind,
     RegisterResponse, Registration, SecureHello, ServerRecord,
 };
+use crate::proxy::{NoProxy, Proxy, TunnelFault};
 use crate::root::Root;
 use crate::secret::Secret;
 use crate::settings::Settings;
@@ -26,6 +27,8 @@ use url::Url;
 
 /// Debian's bundle of the system's trusted CAs (package ca-certificates).
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// systemd-timesyncd's mark that NTP has synchronized the clock (this boot).
+const TIMESYNC_SYNCHRONIZED: &str = "/run/systemd/timesync/synchronized";
 /// A clock this far from the primary's is reported as wrong.
 const CLOCK_TOLERANCE: Duration = Duration::from_secs(300);
 /// The most the agent reads of one answer (the largest, a certificate bundle, is a few KiB).
@@ -48,6 +51,13 @@ pub struct Endpoint {
     #[serde(rename = "request_timeout_secs", with = "saved::seconds")]
     pub request_timeout: Duration,
     pub insecure_http: bool,
+    /// The HTTP proxy, if one is set. Its password is not in the state file: the state's
+    /// reader restores it from [`crate::state::PROXY_PASSWORD_FILE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<Proxy>,
+    /// The hosts reached without the proxy.
+    #[serde(default, skip_serializing_if = "NoProxy::is_empty")]
+    pub no_proxy: NoProxy,
 }
 
 /// How the state file writes an [`Endpoint`]'s values. A value that does not read back makes
@@ -118,7 +128,22 @@ impl Endpoint {
             connect_timeout: s.connect_timeout,
             request_timeout: s.request_timeout,
             insecure_http: s.insecure_http,
+            proxy: s.proxy.clone(),
+            no_proxy: s.no_proxy.clone(),
         }
+    }
+
+    /// The proxy the primary is reached through: the `proxy` setting, unless `no-proxy`
+    /// names the primary's host.
+    pub fn via_proxy(&self) -> Option<&Proxy> {
+        let host = self.url.host_str().unwrap_or_default();
+        self.proxy.as_ref().filter(|_| !self.no_proxy.matches(host))
+    }
+
+    /// `host:port` of the primary, as a CONNECT request names it.
+    fn target(&self) -> String {
+        let port = self.url.port_or_known_default().unwrap_or(443);
+        format!("{}:{port}", self.url.host_str().unwrap_or_default())
     }
 
     /// `primary-ca-sha256` as the seed gives it (hex), if there is a pin.
@@ -414,7 +439,13 @@ pub struct Primary {
     pinned: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
 }
 
+/// The primary's addresses, by the agent's own DNS lookup; none through a proxy, which
+/// resolves the name itself (in a network whose only way out is the proxy, the box's own DNS
+/// may not know the primary at all).
 async fn resolve(root: &Root, ep: &Endpoint) -> Result<Vec<SocketAddr>, Failure> {
+    if ep.via_proxy().is_some() {
+        return Ok(Vec::new());
+    }
     let host = ep.host();
     let port = ep.url.port_or_known_default().unwrap_or(443);
     if let Ok(ip) = host.parse::<IpAddr>() {
@@ -457,10 +488,30 @@ fn build_client(
         .https_only(!ep.insecure_http)
         .user_agent(concat!("gateway-firstboot/", env!("CARGO_PKG_VERSION")));
     let host = ep.host();
-    if host.parse::<IpAddr>().is_err() {
+    if let Some(proxy) = ep.via_proxy() {
+        // The only proxy, set explicitly: reqwest reads no environment (`no_proxy()` above).
+        b = b.proxy(proxy.for_reqwest()?);
+    } else if host.parse::<IpAddr>().is_err() {
         b = b.resolve_to_addrs(&host, addrs);
     }
     b.build().map_err(Failure::internal)
+}
+
+/// The messages of an error and its sources, outermost first, looking inside `io::Error`s.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        out.push(e.to_string());
+        cur = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    out
 }
 
 /// Finds the first error of type `E` in a chain, looking inside `io::Error`s too.
@@ -494,7 +545,7 @@ enum CertProblem {
 
 /// Text the network chose (a certificate's names, a redirect's target, an error message),
 /// made safe for a console: no control characters, at most `max` characters.
-fn printable(text: &str, max: usize) -> String {
+pub(crate) fn printable(text: &str, max: usize) -> String {
     let mut out: String = text
         .chars()
         .map(|c| if c.is_control() { '?' } else { c })
@@ -626,6 +677,11 @@ impl Primary {
 
     /// Maps a failure to send or receive.
     async fn transport_failure(&self, e: &reqwest::Error) -> Failure {
+        if let Some(proxy) = self.endpoint.via_proxy()
+            && let Some(failure) = self.proxy_failure(proxy, e).await
+        {
+            return failure;
+        }
         let host = self.host();
         if let Some(tls) = find::<rustls::Error>(e) {
             return match tls {
@@ -698,6 +754,42 @@ impl Primary {
         )
     }
 
+    /// A failure of the proxy rather than of the primary: no connection to the proxy, or its
+    /// refusal of the tunnel. `None` for anything inside the tunnel (the primary's TLS, its
+    /// answers). Messages name the proxy by host:port, never its credentials.
+    async fn proxy_failure(&self, proxy: &Proxy, e: &reqwest::Error) -> Option<Failure> {
+        let address = &proxy.address;
+        let target = self.endpoint.target();
+        Some(match crate::proxy::classify(&error_chain(e)) {
+            Some(TunnelFault::Auth) => crate::proxy::refusal(
+                address,
+                &target,
+                Some((407, "Proxy Authentication Required".into())),
+            ),
+            Some(TunnelFault::Refused) => {
+                let timeout = self.endpoint.connect_timeout;
+                let status = crate::proxy::probe(proxy, &target, timeout).await;
+                crate::proxy::refusal(address, &target, status)
+            }
+            Some(TunnelFault::NoConnection(why)) => Failure::new(
+                Code::ProxyUnreachable,
+                format!("cannot connect to the proxy {address}: {why}"),
+            ),
+            Some(TunnelFault::Broken) => Failure::new(
+                Code::ProxyUnreachable,
+                format!("the proxy {address} broke off before the tunnel to {target} was set up"),
+            ),
+            None if e.is_connect() && e.is_timeout() => Failure::new(
+                Code::ProxyUnreachable,
+                format!(
+                    "no connection through the proxy {address} to {target} within {}s",
+                    self.endpoint.connect_timeout.as_secs()
+                ),
+            ),
+            None => return None,
+        })
+    }
+
     /// After a "certificate expired / not yet valid" error: asks the primary for its Date
     /// (a plain health request, nothing secret sent) to tell a wrong local clock from a bad
     /// certificate.
@@ -734,15 +826,9 @@ impl Primary {
             return expired;
         };
         match clock_skew(resp.headers()) {
-            Some((skew, theirs)) if skew > CLOCK_TOLERANCE => Failure::new(
-                Code::ClockWrong,
-                format!(
-                    "this server's clock ({}) is {}s away from the primary's ({}), so its certificate looks invalid",
-                    crate::state::now_rfc3339(),
-                    skew.as_secs(),
-                    httpdate::fmt_http_date(theirs)
-                ),
-            ),
+            Some((skew, theirs)) if skew > CLOCK_TOLERANCE => {
+                clock_wrong(skew, theirs, ", so its certificate looks invalid")
+            }
             _ => expired,
         }
     }
@@ -751,6 +837,25 @@ impl Primary {
         &self,
         req: reqwest::RequestBuilder,
     ) -> Result<(T, reqwest::header::HeaderMap), Failure> {
+        let (body, headers) = self.exchange(req).await?;
+        serde_json::from_slice(&body)
+            .map(|v| (v, headers))
+            .map_err(|e| {
+                Failure::new(
+                    Code::NotAPrimary,
+                    format!(
+                        "{} answered, but not with the registration protocol ({e})",
+                        self.host()
+                    ),
+                )
+            })
+    }
+
+    /// Sends `req`; a 2xx answer's body and headers, or the failure any other answer means.
+    async fn exchange(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(Vec<u8>, reqwest::header::HeaderMap), Failure> {
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => return Err(self.transport_failure(&e).await),
@@ -762,17 +867,7 @@ impl Primary {
         }
         let body = self.read_body(resp).await?;
         if status.is_success() {
-            return serde_json::from_slice(&body)
-                .map(|v| (v, headers))
-                .map_err(|e| {
-                    Failure::new(
-                        Code::NotAPrimary,
-                        format!(
-                            "{} answered, but not with the registration protocol ({e})",
-                            self.host()
-                        ),
-                    )
-                });
+            return Ok((body, headers));
         }
         let mut failure = self.error_failure(status.as_u16(), &body);
         failure.retry_after = retry_after(&headers);
@@ -828,6 +923,38 @@ impl Primary {
         )
     }
 
+    /// The failures of the credentials the request carried: the API key, the client
+    /// certificate.
+    fn credential_failure(&self, code: ErrorCode) -> Option<Failure> {
+        use ErrorCode::*;
+        Some(match code {
+            KeyInvalid | Unauthenticated => {
+                Failure::new(Code::KeyRejected, "the primary rejected the API key")
+            }
+            KeyExpired => Failure::new(Code::KeyExpired, "the API key has expired"),
+            KeyIpNotAllowed => Failure::new(
+                Code::KeyIpNotAllowed,
+                "the API key may not be used from this server's address",
+            ),
+            KeyAccountMismatch => Failure::new(
+                Code::KeyAccountMismatch,
+                format!(
+                    "the API key belongs to another account, not {}",
+                    self.account
+                ),
+            ),
+            KeyRestricted => Failure::new(
+                Code::KeyRestricted,
+                "the primary does not allow a restricted API key for this",
+            ),
+            CertificateExpired => Failure::new(
+                Code::CertificateExpired,
+                "the primary says this server's client certificate has expired",
+            ),
+            _ => return None,
+        })
+    }
+
     fn error_failure(&self, status: u16, body: &[u8]) -> Failure {
         let account = &self.account;
         let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
@@ -836,24 +963,11 @@ impl Primary {
             .as_ref()
             .map(|b| printable(&b.message, 200))
             .unwrap_or_default();
+        if let Some(f) = code.and_then(|c| self.credential_failure(c)) {
+            return f;
+        }
         use ErrorCode::*;
         match code {
-            Some(KeyInvalid) | Some(Unauthenticated) => {
-                Failure::new(Code::KeyRejected, "the primary rejected the API key")
-            }
-            Some(KeyExpired) => Failure::new(Code::KeyExpired, "the API key has expired"),
-            Some(KeyIpNotAllowed) => Failure::new(
-                Code::KeyIpNotAllowed,
-                "the API key may not be used from this server's address",
-            ),
-            Some(KeyAccountMismatch) => Failure::new(
-                Code::KeyAccountMismatch,
-                format!("the API key belongs to another account, not {account}"),
-            ),
-            Some(KeyRestricted) => Failure::new(
-                Code::KeyRestricted,
-                "the primary does not allow a restricted API key for this",
-            ),
             Some(AccountUnknown) => Failure::new(
                 Code::AccountUnknown,
                 format!("the primary has no account with the domain name {account}"),
@@ -906,10 +1020,26 @@ impl Primary {
         }
     }
 
-    /// TLS, clock and liveness: `GET /health`. Returns the clock skew if the primary sent Date.
-    pub async fn health(&self) -> Result<Option<Duration>, Failure> {
+    /// TLS, clock and liveness: `GET /health`. A clock further off than [`CLOCK_TOLERANCE`] is a `clock-wrong` failure even when the
+    /// certificate happened to pass: retried (a transient failure) until NTP has set it, not
+    /// registered with (the certificate the primary signs would start or end at a wrong time).
+    pub async fn health(&self) -> Result<(), Failure> {
         let (_, headers): (Health, _) = self.call(self.http.get(self.url("/health")?)).await?;
-        Ok(clock_skew(&headers).map(|(skew, _)| skew))
+        match clock_skew(&headers) {
+            // NTP has set this server's clock: the primary's is the wrong one. Said, not waited
+            // on (no NTP fix here would mend it).
+            Some((skew, _))
+                if skew > CLOCK_TOLERANCE && self.root.path(TIMESYNC_SYNCHRONIZED).exists() =>
+            {
+                log::warn!(
+                    "the primary's clock is {}s away from this server's, which NTP has synchronized: going on",
+                    skew.as_secs()
+                );
+                Ok(())
+            }
+            Some((skew, theirs)) if skew > CLOCK_TOLERANCE => Err(clock_wrong(skew, theirs, "")),
+            _ => Ok(()),
+        }
     }
 
     pub async fn account_info(&self, key: &Secret) -> Result<AccountInfo, Failure> {
@@ -952,6 +1082,47 @@ impl Primary {
             .0)
     }
 
+    /// Deregisters server `id`: `DELETE /servers/{id}` with its token, or, without one, over
+    /// mutual TLS (the `Primary` connected with the server's client identity). A primary that
+    /// no longer knows the server answers 404, which is `registration-lost`.
+    pub async fn deregister(&self, id: &str, token: Option<&Secret>) -> Result<(), Failure> {
+        let url = self.url(&format!("/servers/{id}"))?;
+        let req = match token {
+            Some(token) => self.http.delete(url).bearer_auth(token.expose()),
+            None => self.http.delete(url),
+        };
+        self.exchange(req).await.map(drop)
+    }
+
+    /// Renews server `id`'s certificate: `POST /servers/{id}/certificate` with a new CSR for
+    /// the same key, over mutual TLS (the `Primary` connected with the current certificate,
+    /// which must not have expired: `certificate-expired` otherwise).
+    pub async fn renew(&self, id: &str, csr: &str) -> Result<CertificateBundle, Failure> {
+        let url = self.url(&format!("/servers/{id}/certificate"))?;
+        let body = crate::protocol::CsrRequest {
+            csr: csr.to_string(),
+        };
+        Ok(self.call(self.http.post(url).json(&body)).await?.0)
+    }
+
+    /// Re-enrols server `id` once its certificate has expired: `POST /servers/{id}/enrolment`
+    /// with the server token and a new CSR. The record goes back to waiting for Authorize.
+    pub async fn reenrol(
+        &self,
+        id: &str,
+        token: &Secret,
+        csr: &str,
+    ) -> Result<ServerRecord, Failure> {
+        let url = self.url(&format!("/servers/{id}/enrolment"))?;
+        let body = crate::protocol::CsrRequest {
+            csr: csr.to_string(),
+        };
+        Ok(self
+            .call(self.http.post(url).bearer_auth(token.expose()).json(&body))
+            .await?
+            .0)
+    }
+
     /// Over mutual TLS (the `Primary` must have been connected with a client identity).
     pub async fn secure_hello(&self) -> Result<SecureHello, Failure> {
         Ok(self
@@ -968,8 +1139,6 @@ pub struct Validated {
     pub primary: Primary,
     /// The account as the primary names it, the key's kind, whether it trusts servers at once.
     pub info: AccountInfo,
-    /// How far the primary's clock is from this server's, if it sent `Date`.
-    pub clock_skew: Option<Duration>,
 }
 
 impl Validated {
@@ -992,13 +1161,9 @@ pub async fn connect_and_validate(
     key: &Secret,
 ) -> Result<Validated, Failure> {
     let primary = Primary::connect(root, endpoint, account, None).await?;
-    let clock_skew = primary.health().await?;
+    primary.health().await?;
     let info = primary.account_info(key).await?;
-    Ok(Validated {
-        primary,
-        info,
-        clock_skew,
-    })
+    Ok(Validated { primary, info })
 }
 
 /// `Retry-After` as seconds or an HTTP date.
@@ -1015,6 +1180,19 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .ok()?
         .duration_since(SystemTime::now())
         .ok()
+}
+
+/// This server's clock is `skew` away from the primary's (`theirs`): `clock-wrong`, transient.
+fn clock_wrong(skew: Duration, theirs: SystemTime, so: &str) -> Failure {
+    Failure::new(
+        Code::ClockWrong,
+        format!(
+            "this server's clock ({}) is {}s away from the primary's ({}){so}; waiting for NTP to set it",
+            crate::state::now_rfc3339(),
+            skew.as_secs(),
+            httpdate::fmt_http_date(theirs)
+        ),
+    )
 }
 
 /// How far the primary's `Date` is from our clock, and its time.

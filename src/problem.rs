@@ -57,6 +57,17 @@ code_enum! {
         /// `connect-timeout`, `request-timeout` or `deadline`.
         InvalidDuration = "invalid-duration",
         InvalidBoolean = "invalid-boolean",
+        InvalidAddress = "invalid-address",
+        InvalidGateway = "invalid-gateway",
+        InvalidDnsServer = "invalid-dns-server",
+        InvalidSearchDomain = "invalid-search-domain",
+        InvalidVlan = "invalid-vlan",
+        InvalidInterface = "invalid-interface",
+        /// A static address with no gateway, or no DNS server: only the local subnet, or no
+        /// names, can be reached.
+        NetworkIncomplete = "network-incomplete",
+        InvalidProxy = "invalid-proxy",
+        InvalidNoProxy = "invalid-no-proxy",
     }
 }
 
@@ -74,6 +85,14 @@ impl Code {
             Key::PrimaryCaSha256 => Code::InvalidPrimaryCaSha256,
             Key::ConnectTimeout | Key::RequestTimeout | Key::Deadline => Code::InvalidDuration,
             Key::InsecureHttp => Code::InvalidBoolean,
+            Key::Address => Code::InvalidAddress,
+            Key::Gateway => Code::InvalidGateway,
+            Key::DnsServers => Code::InvalidDnsServer,
+            Key::SearchDomains => Code::InvalidSearchDomain,
+            Key::Vlan => Code::InvalidVlan,
+            Key::Interface => Code::InvalidInterface,
+            Key::Proxy => Code::InvalidProxy,
+            Key::NoProxy => Code::InvalidNoProxy,
         }
     }
 
@@ -133,6 +152,12 @@ impl Code {
             | InvalidPrimaryCaSha256
             | InvalidDuration
             | InvalidBoolean => None,
+            InvalidAddress | NetworkIncomplete => Some(Key::Address),
+            InvalidGateway => Some(Key::Gateway),
+            InvalidDnsServer => Some(Key::DnsServers),
+            InvalidSearchDomain => Some(Key::SearchDomains),
+            InvalidVlan => Some(Key::Vlan),
+            InvalidInterface | InvalidProxy | InvalidNoProxy => None,
         }
     }
 }

@@ -33,6 +33,13 @@ pub const MSG_ALREADY_PROVISIONED: &str = "51a00cc27df04fb49c3511dee8102f1f";
 pub const MSG_LOCK_WAIT: &str = "04d2f43fffcf4392b963db4f06d44362";
 pub const MSG_KEY_SCRUBBED: &str = "13eaa51533ff44858e532531cbca4154";
 pub const MSG_HOSTNAME_SET: &str = "20ca3964077b40afb5e766f8d5ec2823";
+pub const MSG_NETWORK_APPLIED: &str = "3a7c5e9b1d2f4a6c8e0b2d4f6a8c0e1f";
+pub const MSG_DEREGISTERED: &str = "8189c9a3b46848c7b4da8a3d6a982e4d";
+pub const MSG_RESET: &str = "df8f9930ae1a4c6999b069cf73e1bfce";
+pub const MSG_COPY_DETECTED: &str = "ca4d3c1aa7aa453792d9afbf5df8e526";
+pub const MSG_RENEWING: &str = "a2904ca55a6f472a8478fb06920aad6c";
+pub const MSG_RENEWED: &str = "b213ae9d89ea47f1b4b8d76c48503a96";
+pub const MSG_REENROLLED: &str = "ee434912ca5044f8838586fbf4d808cc";
 
 /// Slack added to every timeout extension beyond the wait itself.
 const EXTEND_SLACK: Duration = Duration::from_secs(90);

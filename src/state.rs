@@ -1,6 +1,7 @@
 //! The provisioning state, persisted under /var/lib/gateway-firstboot so that a power cut at
-//! any point resumes where it stopped. Holds no secret (the server token has its own 0600
-//! file); `status` and `/run/gateway-firstboot/status.json` are renderings of it.
+//! any point resumes where it stopped. Holds no secret (the server token and the proxy's
+//! password have their own 0600 files); `status` and `/run/gateway-firstboot/status.json` are
+//! renderings of it.
 
 use crate::dns::HostName;
 use crate::failure::{Code, Failure, io};
@@ -14,6 +15,9 @@ pub const STATE_FILE: &str = "/var/lib/gateway-firstboot/state.json";
 /// Exists once provisioning is handed off; `gateway.service` is conditioned on it.
 pub const DONE_MARKER: &str = "/var/lib/gateway-firstboot/done";
 pub const TOKEN_FILE: &str = "/var/lib/gateway-firstboot/server-token";
+/// The proxy's password (0600), beside the state that names the proxy and its user: the trust
+/// step and a resumed handoff need it after a reboot. Kept while the proxy has a user.
+pub const PROXY_PASSWORD_FILE: &str = "/var/lib/gateway-firstboot/proxy-password";
 /// Exists once the secure connection is proven; the trust unit then runs only while
 /// [`DNS_TODO_MARKER`] exists.
 pub const TRUSTED_MARKER: &str = "/var/lib/gateway-firstboot/trusted";
@@ -73,6 +77,8 @@ pub struct State {
     /// The `GWSEED` filesystem the seed was read from, if one was: the API key is scrubbed
     /// there at handoff, and on no other.
     pub gwseed: Option<crate::settings::gwseed::UsedGwseed>,
+    /// The seed's network settings, kept under /etc/systemd/network at handoff.
+    pub network: Option<crate::network::NetworkConfig>,
     pub warnings: Vec<String>,
     /// What the last DNS check found wrong, if anything: replaced by every new check (the
     /// trust step checks again at each boot), so it goes once DNS is right.
@@ -101,8 +107,11 @@ impl State {
                 ..State::default()
             });
         };
-        match serde_json::from_slice(&bytes) {
-            Ok(state) => Ok(state),
+        match serde_json::from_slice::<State>(&bytes) {
+            Ok(mut state) => {
+                state.restore_proxy_password(root);
+                Ok(state)
+            }
             // Before registration the state is saved without waiting for the disk, so a power
             // cut may tear it; nothing in it is needed then (the steps are redone), and the
             // token file exists from registration on. Keep the torn file for a look.
@@ -141,7 +150,41 @@ impl State {
             fsutil::write_quick(&path, &json, 0o644)
         };
         written.map_err(|e| io(format!("writing {STATE_FILE}"), e))?;
+        self.sync_proxy_password(root)?;
         self.sync_dns_marker(root)
+    }
+
+    /// Writes [`PROXY_PASSWORD_FILE`] when the proxy has a password the file does not hold yet,
+    /// removes it when the proxy has no user (or there is none). A proxy with a user whose
+    /// password was not restored (a reader without root) leaves the file alone.
+    fn sync_proxy_password(&self, root: &Root) -> Result<(), Failure> {
+        let path = root.path(PROXY_PASSWORD_FILE);
+        let proxy = self.primary.as_ref().and_then(|p| p.proxy.as_ref());
+        let result = match proxy.map(|p| (&p.user, &p.password)) {
+            Some((Some(_), Some(password))) => match std::fs::read(&path) {
+                Ok(saved) if saved == password.expose().as_bytes() => Ok(()),
+                _ => fsutil::write_atomic(&path, password.expose().as_bytes(), 0o600),
+            },
+            Some((Some(_), None)) => Ok(()),
+            _ => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+        };
+        result.map_err(|e| io(format!("updating {PROXY_PASSWORD_FILE}"), e))
+    }
+
+    /// Puts the proxy's password back from [`PROXY_PASSWORD_FILE`] (readable by root only: a
+    /// `status` run by another user goes without, and needs none).
+    fn restore_proxy_password(&mut self, root: &Root) {
+        let Some(proxy) = self.primary.as_mut().and_then(|p| p.proxy.as_mut()) else {
+            return;
+        };
+        if proxy.user.is_some()
+            && let Ok(text) = std::fs::read_to_string(root.path(PROXY_PASSWORD_FILE))
+        {
+            proxy.password = Some(crate::secret::Secret::new(text));
+        }
     }
 
     /// Creates or removes [`DNS_TODO_MARKER`] to match the state.

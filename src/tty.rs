@@ -22,6 +22,25 @@ pub fn interactive() -> bool {
     io::stdin().is_terminal() && io::stdout().is_terminal()
 }
 
+/// Waits (at most `limit`) until what was written to standard output has left the terminal.
+/// A write to a serial console returns once the text is in the driver's buffer, and at 115200
+/// baud a screenful takes a tenth of a second to go out; the setup unit's `TTYReset=` then
+/// flushes what is still buffered when the process ends. So the setup's last words (what to do
+/// next) would be cut off mid-sentence on a slow line, and on QEMU's emulated UART they were.
+/// Bounded: a line held by flow control (Ctrl-S) must not keep the setup from ending.
+pub fn drain_stdout(limit: Duration) {
+    if !io::stdout().is_terminal() {
+        return;
+    }
+    let _ = io::stdout().flush();
+    let (done, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = termios::tcdrain(io::stdout().as_fd());
+        let _ = done.send(());
+    });
+    let _ = wait.recv_timeout(limit);
+}
+
 /// What one key press does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Key {

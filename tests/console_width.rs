@@ -5,7 +5,7 @@
 //! long masked key redraws the same row without moving the cursor to a new one.
 
 use gateway_test_support::sim::Sim;
-use gateway_test_support::{Tree, appliance_tree, wait_exit};
+use gateway_test_support::{Tree, acme_appliance, appliance_tree, wait_exit};
 use nix::pty::{Winsize, openpty};
 use std::fs::File;
 use std::io::{Read, Write};
@@ -229,8 +229,7 @@ fn type_masked(console: &mut Console, prompt: &str, answer: &str) {
 #[test]
 fn on_an_80_column_console_no_word_is_split_and_a_long_key_stays_on_its_row() {
     let sim = Sim::start();
-    sim.ok(&["account", "add", "acme.example"]);
-    let mut tree = appliance_tree(&sim.default_key, &sim.ca_pem());
+    let mut tree = acme_appliance(&sim);
     tree.file("/etc/gateway/seed.toml", SITE);
     let key = sim.ok(&["key", "add", "acme.example", "--kind", "restricted"]);
     // 60 characters: with the 48-character prompt, more than the row holds.

@@ -202,3 +202,20 @@ fn the_message_id_table_in_docs_provisioning_md_has_every_message_id_of_the_agen
         "docs/provisioning.md's MESSAGE_ID table"
     );
 }
+
+#[test]
+fn the_settings_table_in_docs_seed_md_has_every_setting() {
+    use gateway_firstboot::settings::Key;
+    let doc = read("docs/seed.md");
+    let documented = table_names(&doc, "## The seed file");
+    let keys: BTreeSet<String> = Key::ALL.iter().map(|k| k.name().to_string()).collect();
+    assert_eq!(documented, keys, "docs/seed.md's table against Key::ALL");
+    let cmdline = section(&doc, "## Kernel command line");
+    for key in Key::ALL {
+        let param = format!("`gateway.{}=", key.param_name());
+        assert!(
+            cmdline.contains(&param),
+            "docs/seed.md does not name {param}`"
+        );
+    }
+}

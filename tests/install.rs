@@ -4,7 +4,7 @@
 //! waiting `provision --wait-for-seed`, and scripted use without a terminal.
 
 use gateway_test_support::sim::Sim;
-use gateway_test_support::{Tree, appliance_tree, wait_exit};
+use gateway_test_support::{Tree, acme_appliance, appliance_tree, wait_exit};
 use rexpect::session::{PtySession, spawn_command};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -18,8 +18,7 @@ const SITE: &str = "# site settings, kept by the installer\nprimary-ca = \"/etc/
                     dns-check = \"off\"\nconnect-timeout = \"2s\"\nrequest-timeout = \"3s\"\ndeadline = \"10s\"\n";
 
 fn appliance(sim: &Sim) -> Tree {
-    sim.ok(&["account", "add", "acme.example"]);
-    let mut tree = appliance_tree(&sim.default_key, &sim.ca_pem());
+    let mut tree = acme_appliance(sim);
     tree.file("/etc/gateway/seed.toml", SITE);
     tree
 }
@@ -352,4 +351,77 @@ fn the_console_setup_gives_way_to_provisioning_from_elsewhere_and_to_ctrl_c() {
     let (out, code) = Pty::start(&tree, &["--console"]).finish();
     assert_eq!(code, 0);
     assert!(!out.contains("Primary server address"), "{out}");
+}
+
+/// /proc/net/route with only a link route: this server has no default route (no DHCP).
+const NO_DEFAULT_ROUTE: &str = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                                enp1s0\t000010AC\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+
+#[test]
+fn without_a_route_the_installer_asks_for_a_static_address_checked_as_typed() {
+    let sim = Sim::start();
+    let mut tree = appliance(&sim);
+    tree.file("/proc/net/route", NO_DEFAULT_ROUTE)
+        .file("/proc/net/ipv6_route", "");
+    let primary = format!("127.0.0.1:{}", sim.port);
+    let mut pty = Pty::start(&tree, &[]);
+    pty.expect("Network (Enter for DHCP, or static): ");
+    pty.send("manual\r");
+    pty.expect("\"manual\" is neither dhcp nor static");
+    pty.expect("Network (Enter for DHCP, or static): ");
+    pty.send("static\r");
+    pty.expect("IP address with prefix length (192.0.2.10/24): ");
+    pty.send("192.0.2.10\r");
+    pty.expect("the prefix length is missing");
+    pty.send("/24\r");
+    pty.expect("Gateway (router) address (Enter for none): ");
+    pty.send("198.51.100.1\r");
+    pty.expect("198.51.100.1 is not in this server's subnet (192.0.2.0/24)");
+    pty.send(&format!("{CTRL_U}192.0.2.1\r"));
+    pty.expect("DNS servers, comma-separated (192.0.2.53): ");
+    pty.send("192.0.2.53, 192.0.2.54\r");
+    pty.expect("Search domain (Enter for none): ");
+    pty.send("acme.lan\r");
+    pty.expect("VLAN id (Enter for none, an untagged port): ");
+    pty.send("5000\r");
+    pty.expect("5000 is not a VLAN id from 1 to 4094");
+    pty.send(&format!("{CTRL_U}\r"));
+    pty.expect("Network: static 192.0.2.10/24 via 192.0.2.1, DNS 192.0.2.53 192.0.2.54, search acme.lan, on every Ethernet link.");
+    pty.expect("Primary server address: ");
+    pty.send(&format!("{primary}\r"));
+    pty.expect("Account domain name: ");
+    pty.send("acme.example\r");
+    pty.expect("API key (Enter for the default restricted key): ");
+    pty.send("\r");
+    pty.expect("Done: this server is registered as ");
+    let (transcript, code) = pty.finish();
+    assert_eq!(code, 0, "{transcript}");
+    let run_file =
+        std::fs::read_to_string(tree.path("/run/systemd/network/10-gateway-firstboot.network"))
+            .unwrap();
+    assert!(run_file.contains("Address=192.0.2.10/24\n"), "{run_file}");
+    let seed = std::fs::read_to_string(tree.path("/etc/gateway/seed.toml")).unwrap();
+    for line in [
+        "address = [\"192.0.2.10/24\"]",
+        "gateway = \"192.0.2.1\"",
+        "search-domains = [\"acme.lan\"]",
+    ] {
+        assert!(seed.contains(line), "{line} not saved:\n{seed}");
+    }
+    assert!(!seed.contains("vlan"), "a blank VLAN is not saved:\n{seed}");
+    let kept = tree.path("/etc/systemd/network/10-gateway-firstboot.network");
+    assert!(kept.exists(), "not kept at handoff");
+
+    // With a default route, nothing about the network is asked.
+    let mut tree = appliance_tree(&sim.default_key, &sim.ca_pem());
+    tree.file("/etc/gateway/seed.toml", SITE);
+    tree.file(
+        "/proc/net/route",
+        format!("{NO_DEFAULT_ROUTE}enp1s0\t00000000\t010010AC\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"),
+    );
+    let mut pty = Pty::start(&tree, &[]);
+    pty.expect("Primary server address: ");
+    pty.send("\x03");
+    let (transcript, _) = pty.finish();
+    assert!(!transcript.contains("Network ("), "{transcript}");
 }

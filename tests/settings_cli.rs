@@ -1,7 +1,7 @@
 //! The real binary, run with `--root` on fixture trees: every source, every precedence pair,
 //! every validation error, and the redaction rule.
 
-use gateway_test_support::{Tree, repo_path};
+use gateway_test_support::{Tree, problem_codes, repo_path};
 
 /// The sources, highest precedence first.
 #[derive(Debug, Clone, Copy)]
@@ -484,12 +484,7 @@ fn every_validation_problem_is_reported_with_origin_and_fix() {
         );
         let json = tree.run(&["check", "--json"]);
         let report = json.json();
-        let codes: Vec<&str> = report["problems"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["code"].as_str().unwrap())
-            .collect();
+        let codes: Vec<&str> = problem_codes(&report);
         assert!(
             codes.contains(&case.code),
             "{}: codes {codes:?} lack {}",
@@ -526,12 +521,7 @@ fn all_problems_are_reported_at_once() {
     let run = tree.run(&["check", "--json"]);
     assert_eq!(run.code, 65);
     let report = run.json();
-    let mut codes: Vec<&str> = report["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["code"].as_str().unwrap())
-        .collect();
+    let mut codes: Vec<&str> = problem_codes(&report);
     codes.sort();
     assert_eq!(
         codes,

@@ -153,7 +153,7 @@ async fn fetch_certificate(
         attempt_time: server.attempt_time(),
         quiet: &|f| f.code == Code::NotTrusted,
     };
-    retry(
+    let bundle = retry(
         &mut backoff,
         state,
         progress,
@@ -167,7 +167,9 @@ async fn fetch_certificate(
             }
             let record = poll(server, &mut primary, token).await?;
             match record.state {
-                TrustState::Trusted => Ok(()),
+                // The certificate in the same attempt: a primary that sheds load (429) at
+                // this request too is waited out like at any other, not a failed unit.
+                TrustState::Trusted => certificate(server, &mut primary, token).await,
                 TrustState::Rejected => Err(Failure::new(
                     Code::ServerRejected,
                     format!("an administrator rejected server {id} on the primary"),
@@ -180,12 +182,6 @@ async fn fetch_certificate(
         },
     )
     .await?;
-    // The client that saw the authorization fetches the certificate too.
-    let p = match primary.take() {
-        Some(p) => p,
-        None => Primary::connect(root, server.endpoint, account, None).await?,
-    };
-    let bundle = p.certificate(id, token).await?;
     fsutil::write_atomic(&root.path(ACCOUNT_CA_FILE), bundle.ca.as_bytes(), 0o644)
         .map_err(|e| io(format!("writing {ACCOUNT_CA_FILE}"), e))?;
     fsutil::write_atomic(&root.path(CERT_FILE), bundle.certificate.as_bytes(), 0o644)
@@ -215,6 +211,27 @@ async fn poll(
         *primary = None;
     }
     record
+}
+
+/// The certificate, once authorized, through the client that saw the authorization (or a new
+/// one); the client is dropped after a failure, as [`poll`] does.
+async fn certificate(
+    server: &Server<'_>,
+    primary: &mut Option<Primary>,
+    token: &Secret,
+) -> Result<crate::protocol::CertificateBundle, Failure> {
+    if primary.is_none() {
+        *primary =
+            Some(Primary::connect(server.root, server.endpoint, server.account, None).await?);
+    }
+    let p = primary
+        .as_ref()
+        .ok_or_else(|| Failure::internal("no client"))?;
+    let bundle = p.certificate(server.id, token).await;
+    if bundle.is_err() {
+        *primary = None;
+    }
+    bundle
 }
 
 /// Proves the secure connection: mutual TLS with the new certificate.
@@ -274,12 +291,18 @@ async fn refresh_dns(root: &Root, state: &mut State) -> bool {
 /// Runs the notify command (default on the real system: restart the gateway if it runs).
 /// A failure here is reported, not fatal: the gateway also reads the certificate on start.
 fn notify_gateway(root: &Root, args: &AwaitTrustArgs) {
-    let command = match &args.notify_command {
+    run_command(root, args.notify_command.as_deref(), DEFAULT_NOTIFY);
+}
+
+/// Runs `command` (`default` when none is given, on the real system only; "none" or blank:
+/// nothing), split at spaces, and says how it went; a failure is reported, not fatal.
+pub fn run_command(root: &Root, command: Option<&str>, default: &str) {
+    let command = match command {
         Some(c) if c.trim().is_empty() || c == "none" => return,
-        Some(c) => c.clone(),
-        None if root.is_host() => DEFAULT_NOTIFY.to_string(),
+        Some(c) => c.to_string(),
+        None if root.is_host() => default.to_string(),
         None => {
-            log::info!("under --root: not running `{DEFAULT_NOTIFY}`");
+            log::info!("under --root: not running `{default}`");
             return;
         }
     };
@@ -288,7 +311,7 @@ fn notify_gateway(root: &Root, args: &AwaitTrustArgs) {
         return;
     };
     match std::process::Command::new(program).args(rest).status() {
-        Ok(s) if s.success() => println!("gateway-firstboot: told the gateway: {command}"),
+        Ok(s) if s.success() => println!("gateway-firstboot: ran `{command}`"),
         Ok(s) => println!("gateway-firstboot: warning: `{command}` exited with {s}"),
         Err(e) => println!("gateway-firstboot: warning: running `{command}`: {e}"),
     }

@@ -26,6 +26,8 @@ use std::future::Future;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+mod network;
+
 /// The three questions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Field {
@@ -131,6 +133,7 @@ impl Answers {
                 flags: Some(layer),
                 flag_problems: Vec::new(),
                 credentials_dir: super::credentials_dir(root),
+                env: super::environment(),
             },
         )
     }
@@ -138,7 +141,10 @@ impl Answers {
 
 pub async fn run(root: &Root, args: &InstallArgs) -> anyhow::Result<u8> {
     if args.console {
-        return console(root, args).await;
+        let result = console(root, args).await;
+        // The terminal is reset when the unit ends: what it was told must have gone out first.
+        tty::drain_stdout(Duration::from_secs(5));
+        return result;
     }
     ask_and_provision(root, args).await
 }
@@ -162,6 +168,7 @@ async fn console(root: &Root, args: &InstallArgs) -> anyhow::Result<u8> {
             flags: None,
             flag_problems: Vec::new(),
             credentials_dir: super::credentials_dir(root),
+            env: super::environment(),
         },
     );
     if found.has_target() {
@@ -217,11 +224,19 @@ async fn ask_and_provision(root: &Root, args: &InstallArgs) -> anyhow::Result<u8
             flags: None,
             flag_problems: Vec::new(),
             credentials_dir: super::credentials_dir(root),
+            env: super::environment(),
         },
     );
     let Some(ask) = first_questions(&answers, interactive) else {
         return Ok(exit::USAGE);
     };
+    if interactive
+        && network::wanted(root, &answers, &current)
+        && !network::ask(root, &mut answers, args.console)?
+    {
+        wrap::say("Cancelled: nothing was changed.");
+        return Ok(exit::CANCELLED);
+    }
     let asking = Asking {
         root,
         console: args.console,

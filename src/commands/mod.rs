@@ -1,9 +1,13 @@
 //! One file per subcommand.
 
+pub mod apply_network;
 pub mod await_trust;
 pub mod check;
+pub mod check_identity;
 pub mod install;
 pub mod provision;
+pub mod renew;
+pub mod reset;
 pub mod seed;
 pub mod show_config;
 pub mod status;
@@ -33,6 +37,11 @@ pub fn credentials_dir(root: &Root) -> Option<PathBuf> {
         })
 }
 
+/// The proxy settings from the agent's environment (`https_proxy`, `no_proxy`), as a layer.
+pub fn environment() -> Option<settings::Layer> {
+    Some(settings::env::layer(|name| std::env::var(name).ok()))
+}
+
 /// Collects the settings from every source, with the flags on top.
 pub fn load(root: &Root, args: &SettingsArgs) -> Collected {
     let (flags, flag_problems) = args.to_layer();
@@ -40,6 +49,7 @@ pub fn load(root: &Root, args: &SettingsArgs) -> Collected {
         flags: Some(flags),
         flag_problems,
         credentials_dir: credentials_dir(root),
+        env: environment(),
     };
     settings::collect(root, inputs)
 }

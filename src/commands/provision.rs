@@ -97,6 +97,16 @@ pub async fn provision(
             }
         }
     };
+    // A reset cut short by a power cut: finish it (as it was started), then provision afresh.
+    match super::reset::finish_interrupted(root) {
+        Ok(true) => progress.step(
+            &State::default(),
+            progress::MSG_RESET,
+            "finished a reset that was interrupted; provisioning afresh",
+        ),
+        Ok(false) => {}
+        Err(failure) => return progress.finish(&mut State::default(), Err(failure)),
+    }
     // Whoever held the lock may have provisioned meanwhile: read the state again.
     let mut state = match progress.load_state() {
         Ok(s) => s,
@@ -288,8 +298,25 @@ fn settings_step(
     state.account = Some(settings.account.clone());
     state.primary = Some(Endpoint::from_settings(&settings));
     state.api_key_is_default = settings.api_key_is_default;
+    state.network = settings.network.clone();
     state.gwseed = collected.gwseed.clone();
     state.advance(root, Phase::Validated)?;
+    // The network provisioning runs on is the one the handoff keeps.
+    match super::apply_network::apply_runtime(root, settings.network.as_ref()) {
+        Ok(true) => {
+            let what = settings.network.as_ref().map_or_else(
+                || "the image's (DHCP)".to_string(),
+                crate::network::NetworkConfig::describe,
+            );
+            progress.step(
+                state,
+                progress::MSG_NETWORK_APPLIED,
+                &format!("network: {what}"),
+            );
+        }
+        Ok(false) => {}
+        Err(e) => log::warn!("applying the network settings: {e:#}"),
+    }
     let key = if settings.api_key_is_default {
         "the default restricted key"
     } else {
@@ -442,15 +469,6 @@ async fn connect_step(
     {
         endpoint.ca_pem = Some(pem);
     }
-    if let Some(skew) = validated
-        .clock_skew
-        .filter(|s| *s > Duration::from_secs(300))
-    {
-        state.warnings.push(format!(
-            "this server's clock is {}s away from the primary's; check NTP",
-            skew.as_secs()
-        ));
-    }
     state.advance(root, Phase::Connected)?;
     let auto = if validated.info.auto_trust {
         ", servers it registers are trusted automatically"
@@ -489,6 +507,7 @@ async fn register_step(
         addresses,
         dns: report,
         serial: identity::dmi_serial(root),
+        hardware_id: identity::hardware_id(root),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         csr: identity.csr(root, &name.short, name.fqdn.as_deref())?,
     };
@@ -528,18 +547,34 @@ async fn register_step(
         state,
         progress::MSG_REGISTERED,
         &format!(
-            "registered as {} in account {}: {trust}; key fingerprint {}",
+            "registered as {} in account {}: {trust}; key fingerprint {}{}",
             server.server_id,
             server.account,
-            short_fingerprint(&identity.fingerprint)
+            short_fingerprint(&identity.fingerprint),
+            replacement(&server)
         ),
     );
     failpoint("after-register-saved");
     Ok(())
 }
 
+/// What the registration says of a server it replaces (the same hardware, re-imaged: the
+/// primary's replacement rule, docs/protocol.md), or nothing.
+fn replacement(server: &crate::protocol::ServerRecord) -> String {
+    match (&server.replaces, server.state) {
+        (None, _) => String::new(),
+        (Some(old), TrustState::Trusted) => format!(
+            "; it replaces {old} (the same hardware, re-imaged), which the primary has retired"
+        ),
+        (Some(old), _) => {
+            format!("; it replaces {old} (the same hardware, re-imaged): Authorize retires {old}")
+        }
+    }
+}
+
 fn handoff_step(root: &Root, state: &mut State, progress: &mut Progress) -> Result<(), Failure> {
     handoff::write_gateway_config(root, state)?;
+    handoff::keep_network(root, state)?;
     failpoint("after-gateway-config");
     let leftovers = handoff::scrub_api_key(root, state.gwseed.as_ref());
     state.warnings.extend(leftovers);

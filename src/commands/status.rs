@@ -19,6 +19,10 @@ fn verdict(state: &State) -> (u8, &'static str) {
         || state.last_error.as_ref().is_some_and(|e| e.permanent());
     match state.phase {
         _ if failed => (FAILED, "failed"),
+        // Re-enrolled once its certificate expired: waits for Authorize again.
+        Phase::Trusted if state.trust == Some(TrustState::Untrusted) => {
+            (WAITING, "waiting-for-authorization")
+        }
         Phase::Trusted if state.all_warnings().is_empty() => (TRUSTED, "trusted"),
         Phase::Trusted => (WARNINGS, "trusted-with-warnings"),
         Phase::HandedOff => (WAITING, "waiting-for-authorization"),
@@ -43,8 +47,13 @@ pub async fn run(root: &Root, args: &StatusArgs) -> anyhow::Result<u8> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    let certificate = certificate(root);
     if args.json {
         let mut doc = progress::state_json(&state);
+        if let Some((ends, due)) = &certificate {
+            doc.insert("certificate_expires".into(), ends.clone().into());
+            doc.insert("certificate_renewal_due".into(), due.clone().into());
+        }
         doc.insert("status".into(), word.into());
         doc.insert("exit".into(), code.into());
         println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -62,6 +71,9 @@ pub async fn run(root: &Root, args: &StatusArgs) -> anyhow::Result<u8> {
     }
     if let Some(fp) = &state.key_fingerprint {
         println!("key:         {} ({fp})", short_fingerprint(fp));
+    }
+    if let Some((ends, due)) = &certificate {
+        println!("certificate: valid until {ends}, renewal due at {due}");
     }
     if let Some(d) = &state.dns {
         let status = serde_json::to_value(d.status)
@@ -86,4 +98,12 @@ pub async fn run(root: &Root, args: &StatusArgs) -> anyhow::Result<u8> {
         println!("last error:  {} [{}]\n  fix: {}", e.message, e.code, e.fix);
     }
     Ok(code)
+}
+
+/// The client certificate's end and when renewal is due (RFC 3339), once there is one.
+fn certificate(root: &Root) -> Option<(String, String)> {
+    let pem = std::fs::read_to_string(root.path(crate::identity::CERT_FILE)).ok()?;
+    let v = crate::validity::Validity::of_pem(&pem).ok()?;
+    let at = crate::validity::rfc3339;
+    Some((at(v.not_after), at(v.renew_at())))
 }

@@ -31,7 +31,8 @@ pub enum ErrorCode {
     KeyAccountMismatch,
     /// No account has this domain name (404).
     AccountUnknown,
-    /// No such server (404).
+    /// No such server (404): never registered, or removed (`DELETE /accounts/{domain}/servers/{id}`
+    /// or `DELETE /servers/{id}`). A client repeating a `DELETE` takes it as done.
     ServerUnknown,
     /// The per-server token is wrong (401).
     TokenInvalid,
@@ -53,6 +54,9 @@ pub enum ErrorCode {
     Internal,
     /// The endpoint needs a client certificate issued by the account's CA (401).
     ClientCertificateRequired,
+    /// The client certificate presented has expired (401): it cannot renew itself; the server
+    /// re-enrols (`POST /servers/{id}/enrolment`) and waits for Authorize again.
+    CertificateExpired,
     /// No such endpoint (404).
     NotFound,
     /// A code this agent does not know (a newer primary).
@@ -81,6 +85,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
             ErrorCode::ClientCertificateRequired => "client-certificate-required",
+            ErrorCode::CertificateExpired => "certificate-expired",
             ErrorCode::NotFound => "not-found",
             ErrorCode::Unknown => "unknown",
         }
@@ -93,7 +98,8 @@ impl ErrorCode {
             | ErrorCode::KeyInvalid
             | ErrorCode::KeyExpired
             | ErrorCode::TokenInvalid
-            | ErrorCode::ClientCertificateRequired => 401,
+            | ErrorCode::ClientCertificateRequired
+            | ErrorCode::CertificateExpired => 401,
             ErrorCode::KeyIpNotAllowed
             | ErrorCode::KeyRestricted
             | ErrorCode::KeyAccountMismatch
@@ -183,6 +189,11 @@ pub struct Registration {
     pub dns: DnsReport,
     /// DMI product serial, where the hardware has one.
     pub serial: Option<String>,
+    /// Application-specific ID derived from the DMI product UUID (never the raw UUID), where
+    /// the firmware has a real one: the primary matches a re-imaged box to its old record by
+    /// it (docs/protocol.md, "Replacements").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardware_id: Option<String>,
     pub agent_version: String,
     /// PKCS#10 certificate signing request, PEM.
     pub csr: String,
@@ -217,6 +228,23 @@ pub struct ServerRecord {
     pub registered_at: String,
     pub authorized_at: Option<String>,
     pub last_secure_contact: Option<String>,
+    /// The server this one replaces: an earlier record of the same hardware (the same
+    /// hardware ID and serial) in the account, from another machine ID (the box was
+    /// re-imaged). Authorizing this one retires that one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
+    /// RFC 3339 time the server's current client certificate expires (its notAfter); absent
+    /// while it has none (not trusted yet, rejected, or re-enrolling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_expires: Option<String>,
+    /// How many times the server renewed its certificate (`POST /servers/{id}/certificate`);
+    /// absent while none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub renewals: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Response to a registration: the server, and its token for the calls that follow.
@@ -237,6 +265,16 @@ pub struct CertificateBundle {
     pub certificate: String,
     /// The account's CA certificate, PEM.
     pub ca: String,
+}
+
+/// The body of `POST /api/v1/servers/{id}/certificate` (renewal, over mutual TLS with the
+/// current certificate) and `POST /api/v1/servers/{id}/enrolment` (re-enrolment once the
+/// certificate has expired, with the server token): a new certificate signing request for
+/// the server's key pair.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CsrRequest {
+    /// PKCS#10, PEM.
+    pub csr: String,
 }
 
 /// `GET /api/v1/secure/hello` over mutual TLS.
@@ -351,6 +389,36 @@ mod tests {
                 .unwrap()
                 .contains("tok_secret_value")
         );
+    }
+
+    #[test]
+    fn renewal_fields_are_optional_both_ways() {
+        let json = r#"{"server_id":"srv_1","account":"a.example","state":"trusted","hostname":"gw01",
+            "fqdn":null,"addresses":[],"dns":"ok","serial":null,"agent_version":"0.1.0",
+            "key_fingerprint":"SHA256:00","registered_at":"2026-01-01T00:00:00Z","authorized_at":null,
+            "last_secure_contact":null}"#;
+        let mut r: ServerRecord = serde_json::from_str(json).unwrap();
+        assert_eq!((r.renewals, r.certificate_expires.as_deref()), (0, None));
+        let v = serde_json::to_value(&r).unwrap();
+        assert!(v.get("renewals").is_none() && v.get("certificate_expires").is_none());
+        r.renewals = 2;
+        r.certificate_expires = Some("2027-01-01T00:00:00Z".into());
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["renewals"], 2);
+        assert_eq!(v["certificate_expires"], "2027-01-01T00:00:00Z");
+        let back: ServerRecord = serde_json::from_value(v).unwrap();
+        assert_eq!(back.renewals, 2);
+    }
+
+    #[test]
+    fn certificate_expired_is_a_401_and_the_csr_request_is_one_field() {
+        assert_eq!(ErrorCode::CertificateExpired.status(), 401);
+        assert_eq!(
+            serde_json::to_value(ErrorCode::CertificateExpired).unwrap(),
+            "certificate-expired"
+        );
+        let r: CsrRequest = serde_json::from_str(r#"{"csr":"PEM"}"#).unwrap();
+        assert_eq!(r.csr, "PEM");
     }
 
     #[test]

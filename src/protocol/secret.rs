@@ -5,14 +5,27 @@ use std::fmt;
 /// The text every output path prints in place of a secret.
 pub const REDACTED: &str = "[redacted]";
 
-/// A secret value (the API key). `Debug`, `Display` and `Serialize` print [`REDACTED`];
-/// the only way to the text is [`Secret::expose`], which callers use to put it on the wire.
+/// A secret value (the API key, a proxy URL with its password). `Debug`, `Display` and
+/// `Serialize` print its shown form: [`REDACTED`], or for a value with a public part the text
+/// given to [`Secret::shown_as`] (a proxy URL with the password replaced by [`REDACTED`]).
+/// The only way to the text is [`Secret::expose`], which callers use to put it on the wire.
 #[derive(Clone, PartialEq, Eq, Default)]
-pub struct Secret(String);
+pub struct Secret(String, Option<String>);
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
+        Self(value.into(), None)
+    }
+
+    /// A secret whose every text form is `shown`, which the caller built without the secret
+    /// part (`http://user:[redacted]@proxy.acme.lan:3128`).
+    pub fn shown_as(value: impl Into<String>, shown: impl Into<String>) -> Self {
+        Self(value.into(), Some(shown.into()))
+    }
+
+    /// What every text form prints.
+    pub fn shown(&self) -> &str {
+        self.1.as_deref().unwrap_or(REDACTED)
     }
 
     /// The secret text, for sending it to the primary. Never format it.
@@ -32,25 +45,25 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(REDACTED)
+        f.write_str(self.shown())
     }
 }
 
 impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(REDACTED)
+        f.write_str(self.shown())
     }
 }
 
 impl serde::Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(REDACTED)
+        serializer.serialize_str(self.shown())
     }
 }
 
 impl<'de> serde::Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Secret)
+        String::deserialize(deserializer).map(Secret::new)
     }
 }
 
@@ -77,5 +90,14 @@ mod tests {
             format!("\"{REDACTED}\"")
         );
         assert_eq!(s.expose(), "gwk_live_0123456789abcdef");
+        let url = Secret::shown_as("http://u:pw@p:3128", "http://u:[redacted]@p:3128");
+        for text in [
+            format!("{url}"),
+            format!("{url:?}"),
+            serde_json::to_string(&url).unwrap(),
+        ] {
+            assert!(text.contains("http://u:[redacted]@p:3128"), "{text}");
+            assert!(!text.contains("pw"), "{text}");
+        }
     }
 }

@@ -133,8 +133,8 @@ pub fn parse(cmdline: &[u8]) -> (Layer, Vec<Problem>) {
             );
             continue;
         };
-        if key.is_secret() && !value.is_empty() {
-            problems.push(secret_on_cmdline(origin.subject(key)));
+        if key.holds_secret(&value) {
+            problems.push(secret_on_cmdline(origin.subject(key), key));
         }
         layer.entries.push(Entry {
             key,
@@ -145,13 +145,14 @@ pub fn parse(cmdline: &[u8]) -> (Layer, Vec<Problem>) {
     (layer, problems)
 }
 
-fn secret_on_cmdline(subject: String) -> Problem {
+fn secret_on_cmdline(subject: String, key: Key) -> Problem {
+    let what = key.secret_name();
     Problem::warning(
         Code::SecretOnCmdline,
         subject,
-        "the API key is on the kernel command line, which every local user can read and the kernel prints at boot",
+        format!("{what} is on the kernel command line, which every local user can read and the kernel prints at boot"),
     )
-    .fix("pass the key as a systemd credential (SMBIOS type 11 or credstore) or in a seed file readable only by root")
+    .fix(format!("pass {} as a systemd credential (SMBIOS type 11 or credstore) or in a seed file readable only by root", key.name()))
 }
 
 /// `systemd.set_credential=gateway.api_key:…` puts the key on the command line too.
@@ -159,18 +160,22 @@ fn warn_on_credential_in_cmdline(suffix: &str, value: Option<&str>, problems: &m
     if !matches!(suffix, "" | "_binary") {
         return;
     }
-    let Some((name, _)) = value.and_then(|v| v.split_once(':')) else {
+    let Some((name, content)) = value.and_then(|v| v.split_once(':')) else {
         return;
     };
-    let carries_key = name == SEED_CREDENTIAL
-        || name
-            .strip_prefix(PARAM_PREFIX)
+    let key = if name == SEED_CREDENTIAL {
+        Some(Key::ApiKey)
+    } else {
+        // A binary credential's content is base64: whether it holds a password cannot be seen.
+        name.strip_prefix(PARAM_PREFIX)
             .and_then(Key::from_param_name)
-            .is_some_and(Key::is_secret);
-    if carries_key {
-        problems.push(secret_on_cmdline(format!(
-            "systemd.set_credential{suffix}={name} on {PROC_CMDLINE}"
-        )));
+            .filter(|k| k.is_secret() && (suffix == "_binary" || k.holds_secret(content)))
+    };
+    if let Some(key) = key {
+        problems.push(secret_on_cmdline(
+            format!("systemd.set_credential{suffix}={name} on {PROC_CMDLINE}"),
+            key,
+        ));
     }
 }
 

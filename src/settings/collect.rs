@@ -1,7 +1,8 @@
 //! Gathers settings from every source, highest precedence first:
 //! flags > kernel command line > credentials (`gateway.<key>`, then `gateway.seed`)
 //! > `/etc/gateway/seed.toml` > `/boot/gateway-seed.toml` > `seed.toml` on `GWSEED`
-//! > vendor defaults (`/usr/lib/gateway-firstboot/defaults.toml`) > built-in defaults.
+//! > vendor defaults (`/usr/lib/gateway-firstboot/defaults.toml`)
+//! > the environment (`https_proxy`, `no_proxy`) > built-in defaults.
 //!
 //! The built-in defaults are a layer like the others ([`builtin_layer`], always present), so
 //! every setting with a default has an entry and validation has no defaults of its own.
@@ -26,6 +27,8 @@ pub struct Inputs {
     pub flag_problems: Vec<Problem>,
     /// `$CREDENTIALS_DIRECTORY`, an appliance path (resolved under the root).
     pub credentials_dir: Option<PathBuf>,
+    /// The proxy settings from the agent's environment ([`super::env::layer`]).
+    pub env: Option<Layer>,
 }
 
 /// Every source's values, in precedence order, and the problems met reading them.
@@ -44,7 +47,8 @@ impl Collected {
     /// it gives way to the vendor default when there is one.
     pub fn effective(&self, key: Key) -> Option<&Entry> {
         let winner = self.layers.iter().find_map(|l| l.get(key))?;
-        if winner.value.is_blank_secret() {
+        // A blank proxy means "none", whatever lower sources say.
+        if key == Key::ApiKey && winner.value.is_blank_secret() {
             let default = self
                 .layers
                 .iter()
@@ -125,6 +129,8 @@ pub fn collect(root: &Root, inputs: Inputs) -> Collected {
         problems.append(&mut found);
         layers.push(layer);
     }
+    // Below every file: a deployer's `Environment=https_proxy=…` is the site's fallback.
+    layers.extend(inputs.env);
     layers.push(builtin_layer());
 
     problems.extend(disagreements(&layers));
@@ -226,9 +232,13 @@ fn read_seed_file(root: &Root, path: &str, problems: &mut Vec<Problem>) -> Optio
     let text = read_document(&real, path, problems)?;
     let (layer, mut found) = seed::parse(&text, Source::Seed(path.into()));
     problems.append(&mut found);
-    if let Some(key_entry) = layer
-        .get(Key::ApiKey)
-        .filter(|e| !e.value.is_blank_secret())
+    let secret = |e: &&Entry| match &e.value {
+        RawValue::Secret(s) => e.key.holds_secret(s.expose()),
+        _ => false,
+    };
+    if let Some(key_entry) = Key::ALL
+        .iter()
+        .find_map(|&key| layer.get(key).filter(secret))
         && let Some(mode) = readable_by_others(&real)
     {
         problems.push(
@@ -236,7 +246,8 @@ fn read_seed_file(root: &Root, path: &str, problems: &mut Vec<Problem>) -> Optio
                 Code::SeedReadable,
                 path,
                 format!(
-                    "holds the API key (line {}) but is readable by other users (mode {mode:04o})",
+                    "holds {} (line {}) but is readable by other users (mode {mode:04o})",
+                    key_entry.key.secret_name(),
                     key_entry.origin.line.unwrap_or(0)
                 ),
             )

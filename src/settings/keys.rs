@@ -1,18 +1,22 @@
 //! The settings the agent takes, with their names in each kind of source.
 
+use crate::secret::Secret;
 use std::fmt;
 
 /// What sort of value a setting holds; decides how sources hand it over and how it is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Text,
-    /// Text that is never shown (the API key).
+    /// Text that is never shown whole: the API key ([redacted]), the proxy URL (its password
+    /// [redacted], [`Key::secret`]).
     Secret,
     /// A list; comma-separated where a source only has text.
     List,
     Bool,
     /// Seconds as an integer, or text such as `90s`, `5m`, `1h30m`, `infinity`.
     Duration,
+    /// A whole number; text where a source only has text.
+    Integer,
 }
 
 macro_rules! keys {
@@ -58,12 +62,20 @@ keys! {
     Hostname = "hostname", Text, "this server's host name or FQDN (default: the system's)";
     DnsCheck = "dns-check", Text, "DNS self-check policy: warn, require or off", default "warn";
     Nameservers = "nameservers", List, "DNS servers for the self-check (default: the system's resolver)";
+    Address = "address", List, "static address(es) with prefix length, 192.0.2.10/24 (default: DHCP)";
+    Gateway = "gateway", Text, "default gateway (router) for a static address";
+    DnsServers = "dns-servers", List, "DNS servers this server uses (default: DHCP's)";
+    SearchDomains = "search-domains", List, "DNS search domains (default: DHCP's)";
+    Vlan = "vlan", Integer, "VLAN id 1-4094 of the server network (default: untagged)";
+    Interface = "interface", Text, "network link the settings are for: name or MAC address (default: every Ethernet link)";
     PrimaryCa = "primary-ca", Text, "CA certificate of a primary with a private CA: PEM text or an absolute path";
     PrimaryCaSha256 = "primary-ca-sha256", Text, "SHA-256 fingerprint pinning the primary's certificate or CA";
     ConnectTimeout = "connect-timeout", Duration, "time allowed for one TCP and TLS connection attempt", default "10s";
     RequestTimeout = "request-timeout", Duration, "time allowed for one request to the primary", default "30s";
     Deadline = "deadline", Duration, "how long to keep retrying transient failures, or infinity", default "30m";
     InsecureHttp = "insecure-http", Bool, "allow a plain http:// primary; for testing only", default "false";
+    Proxy = "proxy", Secret, "HTTP proxy to reach the primary through: http://[user:password@]host:port";
+    NoProxy = "no-proxy", List, "hosts reached without the proxy: names, .domain suffixes, IPs, CIDR ranges, *";
 }
 
 impl Key {
@@ -89,6 +101,8 @@ impl Key {
         match self {
             Key::ApiKey => "--api-key-file".to_string(),
             Key::Nameservers => "--nameserver".to_string(),
+            Key::DnsServers => "--dns-server".to_string(),
+            Key::SearchDomains => "--search-domain".to_string(),
             _ => format!("--{}", self.name()),
         }
     }
@@ -102,6 +116,32 @@ impl Key {
 
     pub fn is_secret(self) -> bool {
         self.kind() == Kind::Secret
+    }
+
+    /// A secret setting's text, held from the moment it is read in the form that prints
+    /// safely: the proxy URL with its password redacted, anything else as `[redacted]`.
+    pub fn secret(self, text: &str) -> Secret {
+        match self {
+            Key::Proxy => crate::proxy::secret(text),
+            _ => Secret::new(text),
+        }
+    }
+
+    /// Whether `text`, given for this setting, holds a secret: the API key when not blank, the
+    /// proxy URL when it has a password.
+    pub fn holds_secret(self, text: &str) -> bool {
+        match self {
+            Key::Proxy => crate::proxy::has_password(text),
+            _ => self.is_secret() && !text.trim().is_empty(),
+        }
+    }
+
+    /// What the secret of a secret setting is called in messages.
+    pub fn secret_name(self) -> &'static str {
+        match self {
+            Key::Proxy => "the proxy password",
+            _ => "the API key",
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod cmdline;
 pub mod collect;
 pub mod credentials;
+pub mod env;
 pub mod gwseed;
 mod keys;
 pub mod seed;
@@ -43,6 +44,9 @@ pub enum Source {
     Seed(String),
     /// The vendor defaults file.
     Default(String),
+    /// An environment variable of the agent (`https_proxy`), e.g. from a unit drop-in's
+    /// `Environment=`: the lowest source above the built-in defaults.
+    Env(String),
     /// The agent's own default.
     BuiltIn,
 }
@@ -56,6 +60,7 @@ impl Source {
             Source::Credential(name) => format!("credential:{name}"),
             Source::Seed(path) => format!("seed:{path}"),
             Source::Default(path) => format!("default:{path}"),
+            Source::Env(name) => format!("env:{name}"),
             Source::BuiltIn => "built-in".into(),
         }
     }
@@ -100,6 +105,7 @@ impl Origin {
                 format!("{PARAM_PREFIX}{} from credential {name}", key.param_name())
             }
             Source::Seed(path) | Source::Default(path) => format!("{key} from {path}{line}"),
+            Source::Env(name) => format!("{key} from environment variable {name}"),
             Source::BuiltIn => format!("{key} (built-in default)"),
         }
     }
@@ -112,6 +118,7 @@ impl Origin {
             Source::Cmdline => PROC_CMDLINE.into(),
             Source::Credential(name) => format!("credential {name}{line}"),
             Source::Seed(path) | Source::Default(path) => format!("{path}{line}"),
+            Source::Env(name) => format!("environment variable {name}"),
             Source::BuiltIn => "built-in defaults".into(),
         }
     }
@@ -135,7 +142,7 @@ impl RawValue {
     /// Turns the text a source gave (command line, credential, flag) into the value of `key`.
     pub fn from_text(key: Key, text: &str) -> RawValue {
         match key.kind() {
-            Kind::Secret => RawValue::Secret(Secret::new(text)),
+            Kind::Secret => RawValue::Secret(key.secret(text)),
             Kind::List => RawValue::List(
                 text.split([',', '\n'])
                     .map(str::trim)
@@ -143,7 +150,9 @@ impl RawValue {
                     .map(str::to_string)
                     .collect(),
             ),
-            Kind::Text | Kind::Bool | Kind::Duration => RawValue::Text(text.to_string()),
+            Kind::Text | Kind::Bool | Kind::Duration | Kind::Integer => {
+                RawValue::Text(text.to_string())
+            }
         }
     }
 

@@ -6,7 +6,6 @@
 
 use super::{Entry, Key, Kind, Layer, Origin, RawValue, Source};
 use crate::problem::{Code, Problem, closest};
-use crate::secret::Secret;
 use toml::de::{DeTable, DeValue};
 
 /// Largest seed accepted; a seed is a handful of lines, a bigger file is a mistake.
@@ -35,7 +34,7 @@ fn toml_type(value: &DeValue<'_>) -> &'static str {
 
 fn convert(key: Key, value: &DeValue<'_>) -> RawValue {
     match (key.kind(), value) {
-        (Kind::Secret, DeValue::String(s)) => RawValue::Secret(Secret::new(s.as_ref())),
+        (Kind::Secret, DeValue::String(s)) => RawValue::Secret(key.secret(s.as_ref())),
         (Kind::Secret, other) => RawValue::Other(toml_type(other)),
         (_, DeValue::String(s)) => RawValue::Text(s.to_string()),
         (_, DeValue::Boolean(b)) => RawValue::Bool(*b),
@@ -197,6 +196,7 @@ pub fn with_entries(existing: &str, entries: &[Entry], comment: &str) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::Secret;
 
     fn src() -> Source {
         Source::Seed("/etc/gateway/seed.toml".into())
@@ -228,7 +228,7 @@ mod tests {
     #[test]
     fn unknown_keys_are_errors_with_a_hint() {
         let (layer, problems) = parse(
-            "primary = \"p.example\"\nacount = \"a.example\"\n[gateway]\n",
+            "primary = \"p.example\"\nacount = \"a.example\"\n[server]\n",
             src(),
         );
         assert_eq!(layer.entries.len(), 1);
@@ -238,7 +238,7 @@ mod tests {
             "/etc/gateway/seed.toml line 2: unknown key \"acount\"\n  fix: did you mean \"account\"? see docs/seed.md for the keys"
         );
         assert!(
-            text[1].starts_with("/etc/gateway/seed.toml line 3: unknown key \"gateway\""),
+            text[1].starts_with("/etc/gateway/seed.toml line 3: unknown key \"server\""),
             "{}",
             text[1]
         );

@@ -4,6 +4,7 @@
 
 use super::{Collected, Entry, Key, RawValue, Source, VENDOR_DEFAULTS};
 use crate::problem::{Code, Problem};
+use crate::proxy::{NoProxy, Proxy};
 use crate::root::Root;
 use crate::secret::Secret;
 use rustls_pki_types::CertificateDer;
@@ -12,6 +13,9 @@ use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 use url::Url;
+
+mod network;
+pub(crate) use network::validate_network;
 
 /// The DNS self-check policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -46,6 +50,12 @@ pub struct Settings {
     /// `None`: retry transient failures for ever.
     pub deadline: Option<Duration>,
     pub insecure_http: bool,
+    /// The seed's network settings; `None`: the image's own (DHCP).
+    pub network: Option<crate::network::NetworkConfig>,
+    /// The HTTP proxy for the primary, if one is set (its password a [`Secret`]).
+    pub proxy: Option<Proxy>,
+    /// The hosts reached without the proxy.
+    pub no_proxy: NoProxy,
 }
 
 /// The outcome of checking one setting.
@@ -146,6 +156,10 @@ pub fn validate(root: &Root, collected: &Collected) -> (Option<Settings>, Vec<Pr
     let deadline = v.require(Key::Deadline, |value| {
         check_duration(value, 10, 30 * 86400, true)
     });
+    let network = v.network();
+    let proxy = v.check(Key::Proxy, check_proxy);
+    let no_proxy = v.check(Key::NoProxy, check_no_proxy);
+    v.plain_http_through_proxy(&primary, &proxy);
 
     // A missing primary or account is reported after every invalid value, as `check` lists them.
     let mut problems = v.problems;
@@ -171,6 +185,9 @@ pub fn validate(root: &Root, collected: &Collected) -> (Option<Settings>, Vec<Pr
             request_timeout: request_timeout??,
             deadline: deadline?,
             insecure_http,
+            network: network.ok()?,
+            proxy: proxy.valid().flatten(),
+            no_proxy: no_proxy.valid().unwrap_or_default(),
         })
     })();
     problems.sort_by_key(|p| !p.is_error());
@@ -229,6 +246,29 @@ impl Validator<'_> {
                 Checked::Invalid
             }
         }
+    }
+
+    /// A plain http:// primary through a proxy would show the proxy the API key: refused
+    /// (`insecure-http` is for a test primary on the lab's own network).
+    fn plain_http_through_proxy(&mut self, primary: &Checked<Url>, proxy: &Checked<Option<Proxy>>) {
+        let (Checked::Valid(url), Checked::Valid(Some(_))) = (primary, proxy) else {
+            return;
+        };
+        if url.scheme() != "http" {
+            return;
+        }
+        let subject = self
+            .collected
+            .effective(Key::Proxy)
+            .map_or_else(|| Key::Proxy.to_string(), Entry::subject);
+        self.problems.push(
+            Problem::error(
+                Code::InvalidProxy,
+                subject,
+                "a plain http:// primary through a proxy would show the proxy the API key",
+            )
+            .fix("use an https:// primary, or leave proxy out for a test primary on this network"),
+        );
     }
 
     fn api_key(&mut self) -> Option<(Secret, bool)> {
@@ -469,6 +509,37 @@ fn check_ca(root: &Root, value: &RawValue, entry: &Entry) -> Result<String, Inva
             fix,
         )),
     }
+}
+
+/// `proxy`: `http://[user:password@]host:port`; blank for none. Messages show the URL with
+/// its password redacted.
+fn check_proxy(value: &RawValue) -> Result<Option<Proxy>, Invalid> {
+    let fix = "give the proxy as http://host:port or http://user:password@host:port";
+    let text = match value {
+        RawValue::Secret(s) => s.expose(),
+        other => {
+            return Err(invalid(
+                format!("expected a string, found {}", other.type_name()),
+                fix,
+            ));
+        }
+    };
+    crate::proxy::parse(text).map_err(|(message, fix)| invalid(message, fix))
+}
+
+/// `no-proxy`: host names, `.domain` suffixes, IP addresses, CIDR ranges or `*`.
+fn check_no_proxy(value: &RawValue) -> Result<NoProxy, Invalid> {
+    let items = match value {
+        RawValue::List(items) => items.clone(),
+        RawValue::Text(s) => s.split(',').map(str::to_string).collect(),
+        other => {
+            return Err(invalid(
+                format!("expected an array of strings, found {}", other.type_name()),
+                "list host names, .domain suffixes, IP addresses or CIDR ranges: [\"primary.acme.lan\", \".corp.example\"]",
+            ));
+        }
+    };
+    crate::proxy::parse_no_proxy(&items).map_err(|(message, fix)| invalid(message, fix))
 }
 
 fn check_pin(value: &RawValue) -> Result<[u8; 32], Invalid> {

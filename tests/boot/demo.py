@@ -41,8 +41,9 @@ def main():
     stop = threading.Event()
     sim = vm = None
     try:
-        with Net(index, work, {}) as net:
+        with Net(index, work) as net:
             net.start_dns({f"primary.{DOMAIN}": net.host_ip, f"gw01.{DOMAIN}": net.vm_ip})
+            net.start_ntp()
             # This machine reaches the primary's web page through a veth into the namespace.
             run(["ip", "link", "add", "gwdemo0", "type", "veth", "peer", "name", "gwdemo1", "netns", net.ns])
             run(["ip", "netns", "exec", net.ns, "ip", "link", "set", "gwdemo1", "master", "br0", "up"])

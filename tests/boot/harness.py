@@ -52,6 +52,7 @@ CONSOLE = {
     "dns_wait": "waiting for DNS (dns-check = require): {summary}",
     "dns_create": "create this DNS record: {record}",
     "dns_record": "{fqdn}. IN {kind} {address}",
+    "clock_wrong": "this server's clock ({now}) is {skew}s away from the primary's ({theirs})",
     # a failure's text and its fix, as the technician reads them
     "no_account": "the primary has no account with the domain name {account}",
     "fix": "fix: {fix}",
@@ -72,8 +73,13 @@ CONSOLE = {
     "password": "Password:",
     "shell": ":~# ",
     "boot_health": "boot-health: {state}",
+    "boot_cost_done": "boot-cost: done",
+    # after the first boot (lifecycle.md): reset, a copy of a provisioned box
+    "reset_done": "reset done: the state",
+    "copy": "this box is a copy: its identity",
+    "replaces": "; it replaces {old} (the same hardware, re-imaged)",
 }
-NOT_THE_AGENT = {"login", "password", "shell", "boot_health"}
+NOT_THE_AGENT = {"login", "password", "shell", "boot_health", "boot_cost_done"}
 _HOLE = re.compile(r"\{(\w+)\}")
 
 
@@ -173,44 +179,57 @@ def accelerator(image):
 
 
 class Net:
-    """A network namespace with a bridge, a tap for the VM, and dnsmasq for DHCP and DNS."""
+    """A network namespace with a bridge and a tap for the VM; dnsmasq on the bridge for DNS and
+    (unless `dhcp` is false) DHCP, started by start_dns (a scenario may start it late). Unless
+    `ntp` is false, DHCP offers the bridge address as NTP server, where start_ntp runs chrony
+    (a real NTP server): from the start when `ntp` is True (the runner starts it), later by the
+    scenario when it is "late". Without DHCP the appliance's address (`vm_ip`) is the static one
+    its seed gives, .50."""
 
-    def __init__(self, index, work, records):
+    def __init__(self, index, work, dhcp=True, ntp=True):
         self.ns = f"gwboot{os.getpid() % 10000}x{index}"
+        self.index = index
         self.prefix = f"10.77.{index}"
         self.host_ip = f"{self.prefix}.1"
-        self.vm_ip = f"{self.prefix}.10"
+        self.vm_ip = f"{self.prefix}.10" if dhcp else f"{self.prefix}.50"
         self.work = work
-        self.records = records
-        self.dnsmasq = None
+        self.dhcp = dhcp
+        self.ntp = ntp
+        self.dnsmasq = self.chrony = None
+
+    def cmd(self, *args):
+        """`args` run inside the namespace."""
+        return ["ip", "netns", "exec", self.ns, *args]
 
     def __enter__(self):
-        ns = ["ip", "netns", "exec", self.ns]
         run(["ip", "netns", "add", self.ns])
-        run(ns + ["ip", "link", "set", "lo", "up"])
-        run(ns + ["ip", "link", "add", "br0", "type", "bridge"])
-        run(ns + ["ip", "addr", "add", f"{self.host_ip}/24", "dev", "br0"])
-        run(ns + ["ip", "link", "set", "br0", "up"])
-        run(ns + ["ip", "tuntap", "add", "dev", "tap0", "mode", "tap"])
-        run(ns + ["ip", "link", "set", "tap0", "master", "br0"])
-        run(ns + ["ip", "link", "set", "tap0", "up"])
-        self.start_dns(self.records)
+        run(self.cmd("ip", "link", "set", "lo", "up"))
+        run(self.cmd("ip", "link", "add", "br0", "type", "bridge"))
+        run(self.cmd("ip", "addr", "add", f"{self.host_ip}/24", "dev", "br0"))
+        run(self.cmd("ip", "link", "set", "br0", "up"))
+        run(self.cmd("ip", "tuntap", "add", "dev", "tap0", "mode", "tap"))
+        run(self.cmd("ip", "link", "set", "tap0", "master", "br0"))
+        run(self.cmd("ip", "link", "set", "tap0", "up"))
         return self
 
     def start_dns(self, records):
-        """(Re)starts dnsmasq with these DNS records (name -> address)."""
+        """(Re)starts dnsmasq with these DNS records (name -> address), and DHCP if the network
+        has it."""
         if self.dnsmasq:
             self.dnsmasq.kill()
             self.dnsmasq.wait()
-        args = ["ip", "netns", "exec", self.ns, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
-                "--no-resolv", "--no-hosts", "--bind-interfaces", "--interface=br0", "--except-interface=lo",
-                "--user=root", "--pid-file=", f"--log-facility={self.work}/dnsmasq.log", "--log-dhcp",
-                f"--dhcp-range={self.prefix}.10,{self.prefix}.50,12h", f"--dhcp-host={MAC},{self.vm_ip}",
-                # The host name as a plain DHCP option: dnsmasq would otherwise also put a
-                # leased name into DNS, and DNS must hold exactly the scenario's records.
-                "--dhcp-option=12,gw01", "--dhcp-ignore-names",
-                f"--domain={DOMAIN}", f"--local=/{DOMAIN}/", f"--dhcp-option=option:domain-search,{DOMAIN}",
-                f"--dhcp-leasefile={self.work}/leases"]
+        args = self.cmd("dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
+                        "--no-resolv", "--no-hosts", "--bind-interfaces", "--interface=br0", "--except-interface=lo",
+                        "--user=root", "--pid-file=", f"--log-facility={self.work}/dnsmasq.log", "--log-dhcp",
+                        f"--domain={DOMAIN}", f"--local=/{DOMAIN}/")
+        if self.dhcp:
+            args += [f"--dhcp-range={self.prefix}.10,{self.prefix}.49,12h", f"--dhcp-host={MAC},{self.vm_ip}",
+                     # The host name as a plain DHCP option: dnsmasq would otherwise also put a
+                     # leased name into DNS, and DNS must hold exactly the scenario's records.
+                     "--dhcp-option=12,gw01", "--dhcp-ignore-names",
+                     f"--dhcp-option=option:domain-search,{DOMAIN}", f"--dhcp-leasefile={self.work}/leases"]
+            if self.ntp:
+                args.append(f"--dhcp-option=option:ntp-server,{self.host_ip}")
         for name, ip in records.items():
             args.append(f"--host-record={name},{ip}")
         errors = self.work / "dnsmasq.err"
@@ -219,19 +238,107 @@ class Net:
         if self.dnsmasq.poll() is not None:
             raise Failed(f"dnsmasq did not start: {errors.read_text().strip()}")
 
+    def leases(self):
+        """When dnsmasq acknowledged a DHCP lease (host clock, seconds since the epoch; its log
+        has whole seconds, local time), in order."""
+        log = self.work / "dnsmasq.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        year = time.localtime().tm_year
+        stamps = re.findall(r"^(\w{3} +\d+ [\d:]{8}) dnsmasq-dhcp\[\d+\]: (?:\d+ )?DHCPACK", text, re.M)
+        return [time.mktime(time.strptime(f"{year} {t}", "%Y %b %d %H:%M:%S")) for t in stamps]
+
+    def start_ntp(self):
+        """chrony as the network's NTP server on the bridge address: its own clock as the source
+        (`local stratum 8`), never setting the host's (-x), in the foreground."""
+        conf = self.work / "chrony.conf"
+        conf.write_text(f"local stratum 8\nallow {self.prefix}.0/24\nbindaddress {self.host_ip}\ncmdport 0\n"
+                        f"pidfile {self.work}/chronyd.pid\ndriftfile {self.work}/chrony.drift\n")
+        self.chrony = subprocess.Popen(self.cmd("chronyd", "-x", "-d", "-u", "root", "-f", str(conf)),
+                                       stdout=subprocess.DEVNULL, stderr=open(self.work / "chrony.log", "w"))
+        wait_until("chronyd", lambda: self.chrony.poll() is not None or "Disabled control of system clock"
+                   in (self.work / "chrony.log").read_text(), 10, 0.2)
+        if self.chrony.poll() is not None:
+            raise Failed(f"chronyd did not start: {(self.work / 'chrony.log').read_text().strip()}")
+
+    def drop_direct(self, address, port):
+        """A firewall of the customer's: TCP from the appliance's side (the bridge) to
+        address:port is dropped, silently, and counted (direct_drops)."""
+        rules = ("table inet gwboot {\n chain input {\n  type filter hook input priority 0; policy accept;\n"
+                 f'  iifname "br0" ip daddr {address} tcp dport {port} counter drop\n }}\n}}\n')
+        run(self.cmd("nft", "-f", "-"), input=rules)
+
+    def direct_drops(self):
+        """Packets the drop_direct rule dropped."""
+        out = json.loads(run(self.cmd("nft", "-j", "list", "chain", "inet", "gwboot", "input")).stdout)
+        counts = [x["counter"]["packets"] for item in out["nftables"] if "rule" in item
+                  for x in item["rule"]["expr"] if "counter" in x]
+        return sum(counts)
+
     def __exit__(self, *exc):
-        if self.dnsmasq:
-            self.dnsmasq.kill()
-            self.dnsmasq.wait()
+        for proc in (self.dnsmasq, self.chrony):
+            if proc:
+                proc.kill()
+                proc.wait()
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+        shutil.rmtree(f"/etc/netns/{self.ns}", ignore_errors=True)
+
+
+class Proxy:
+    """tinyproxy in the namespace on the bridge address, port 3128, with basic authentication:
+    a customer's web proxy. It resolves names from `hosts` (name -> address) and then with the
+    network's dnsmasq (the namespace's own hosts and resolv.conf, /etc/netns/NS, which
+    `ip netns exec` puts in place for it) and logs every CONNECT."""
+
+    PORT = 3128
+
+    def __init__(self, net, work, user, password, hosts=None):
+        self.net = net
+        self.work = work
+        self.user = user
+        self.password = password
+        self.hosts = dict(hosts or {})
+        self.log = work / "tinyproxy.log"
+        self.proc = None
+
+    def url(self):
+        return f"http://{self.user}:{self.password}@{self.net.host_ip}:{self.PORT}"
+
+    def start(self):
+        netns = Path(f"/etc/netns/{self.net.ns}")
+        netns.mkdir(parents=True, exist_ok=True)
+        (netns / "resolv.conf").write_text(f"nameserver {self.net.host_ip}\n")
+        (netns / "hosts").write_text("127.0.0.1 localhost\n" + "".join(f"{ip} {name}\n" for name, ip in self.hosts.items()))
+        conf = self.work / "tinyproxy.conf"
+        conf.write_text(f"Port {self.PORT}\nListen {self.net.host_ip}\nTimeout 600\nMaxClients 50\n"
+                        f"Allow {self.net.prefix}.0/24\nBasicAuth {self.user} {self.password}\nConnectPort 443\n"
+                        f'DisableViaHeader Yes\nLogLevel Connect\nLogFile "{self.log}"\n'
+                        f'PidFile "{self.work}/tinyproxy.pid"\n')
+        self.proc = subprocess.Popen(self.net.cmd("tinyproxy", "-d", "-c", str(conf)),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_until("tinyproxy", lambda: self.proc.poll() is not None or
+                   (self.log.exists() and "Reloading config file finished" in self.log.read_text()), 10, 0.2)
+        if self.proc.poll() is not None:
+            raise Failed(f"tinyproxy did not start: {self.log.read_text() if self.log.exists() else ''}")
+
+    def connects(self):
+        """The hosts tinyproxy tunnelled a CONNECT to (one per tunnel established), in order."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return re.findall(r'Established connection to host "([^"]+)"', text)
+
+    def stop(self):
+        if self.proc:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
 
 
 class Sim:
-    """gateway-primary-sim inside the namespace, HTTPS on the bridge address."""
+    """gateway-primary-sim inside the namespace, HTTPS on the bridge address (or `address`)."""
 
     def __init__(self, net, work, extra=()):
         self.bin = TARGET / "release" / "gateway-primary-sim"
         self.net = net
+        self.address = net.host_ip
         self.db = work / "primary.db"
         self.tls = work / "tls"
         self.extra = list(extra)
@@ -243,8 +350,8 @@ class Sim:
 
     def start(self, extra=()):
         cmd = ["ip", "netns", "exec", self.net.ns, str(self.bin), "--db", str(self.db), "serve",
-               "--listen", f"{self.net.host_ip}:443", "--tls-dir", str(self.tls), "--name", f"primary.{DOMAIN}",
-               "--name", self.net.host_ip, "--default-key", DEFAULT_KEY, *self.extra, *extra]
+               "--listen", f"{self.address}:443", "--tls-dir", str(self.tls), "--name", f"primary.{DOMAIN}",
+               "--name", self.address, "--default-key", DEFAULT_KEY, *self.extra, *extra]
         self.proc = subprocess.Popen(cmd, stdout=open(self.log, "a"), stderr=subprocess.STDOUT)
         wait_until("the primary simulator", lambda: "listening on" in self.log.read_text(), 30, 0.2)
 
@@ -290,6 +397,13 @@ class VM:
         # Credentials through QEMU's fw_cfg (name -> value): systemd imports
         # opt/io.systemd.credentials/NAME as the credential NAME, as it does SMBIOS type 11.
         self.fw_cfg = {}
+        # Where the guest's real-time clock starts (QEMU -rtc base=, UTC, e.g. 2025-12-02T14:00:00).
+        self.rtc = None
+        # The machine's SMBIOS system identity (type 1): product UUID and serial number, as a
+        # vendor sets them once per board and a hypervisor per VM. QEMU's default (no serial,
+        # a zero UUID) when None.
+        self.product_uuid = None
+        self.product_serial = None
 
     def start(self):
         self.boots += 1
@@ -308,6 +422,12 @@ class VM:
                "-drive", f"if=virtio,file={self.disk},format={self.fmt}",
                "-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
                "-device", f"virtio-net-pci,netdev=n0,mac={MAC}"]
+        if self.rtc:
+            cmd += ["-rtc", f"base={self.rtc}"]
+        if self.product_uuid:
+            cmd += ["-uuid", self.product_uuid]
+        if self.product_serial:
+            cmd += ["-smbios", f"type=1,serial={self.product_serial}"]
         for cred in self.smbios:
             cmd += ["-smbios", f"type=11,value={cred}"]
         for name, value in self.fw_cfg.items():
@@ -364,6 +484,11 @@ class VM:
         lines to the console's width, so a phrase may span rows."""
         return flat(self.console().split(f"===== boot {self.boots} =====")[-1])
 
+    def mark(self):
+        """Where this boot's console ends now: for `wait_for(after=...)`, to wait only for what
+        a command typed next prints (a prompt drawn after it would hide it from `after=name`)."""
+        return len(self.this_boot())
+
     def shows(self, name, **values):
         """Whether this boot's console shows the phrase `name` (CONSOLE)."""
         return shows(self.this_boot(), name, **values)
@@ -371,7 +496,8 @@ class VM:
     def wait_for(self, name, timeout, after=None, answer=None, **values):
         """Waits for the phrase `name` (CONSOLE; placeholders from `values`) on this boot's
         console; with `after` (a phrase name), only where it follows the last occurrence of
-        that phrase (a login prompt drawn before the setup took the terminal does not count);
+        that phrase (a login prompt drawn before the setup took the terminal does not count),
+        or (a number, from `mark()`) only what came after that point;
         with `answer`, a question shown again with the answer given before (`label: answer`)."""
         pattern = phrase(name, **values)
         if answer is not None:
@@ -381,13 +507,15 @@ class VM:
             if self.proc.poll() is not None:
                 raise Failed(f"QEMU exited while waiting for {name!r}")
             console = self.this_boot()
+            if KERNEL_PANIC in console:  # nothing more will come: fail now, not at the deadline
+                raise Failed(f"the guest kernel panicked while waiting for {name!r}")
             if after is not None:
-                at = last_match_end(console, after)
+                at = after if isinstance(after, int) else last_match_end(console, after)
                 if at < 0:
                     return False
                 console = console[at:]
             return re.search(pattern, console) is not None
-        where = f" after {after!r}" if after else ""
+        where = "" if after is None else f" after {after!r}" if isinstance(after, str) else " after the command"
         return wait_until(f"{name!r} ({CONSOLE[name]!r}){where} on the console", seen, timeout, 1.0)
 
     def monitor_cmd(self, command):
@@ -422,6 +550,10 @@ class VM:
             self.proc.kill()
         if self.proc:
             self.proc.wait()
+
+
+# A guest kernel that stopped (seen under TCG: an oops while the kernel live-patched itself).
+KERNEL_PANIC = "Kernel panic - not syncing"
 
 
 def flat(text):
@@ -560,13 +692,21 @@ MESSAGE_IDS = {
     "lock_wait": "04d2f43fffcf4392b963db4f06d44362",
     "key_scrubbed": "13eaa51533ff44858e532531cbca4154",
     "hostname_set": "20ca3964077b40afb5e766f8d5ec2823",
+    "network_applied": "3a7c5e9b1d2f4a6c8e0b2d4f6a8c0e1f",
+    "deregistered": "8189c9a3b46848c7b4da8a3d6a982e4d",
+    "reset": "df8f9930ae1a4c6999b069cf73e1bfce",
+    "copy_detected": "ca4d3c1aa7aa453792d9afbf5df8e526",
+    "renewing": "a2904ca55a6f472a8478fb06920aad6c",
+    "renewed": "b213ae9d89ea47f1b4b8d76c48503a96",
+    "reenrolled": "ee434912ca5044f8838586fbf4d808cc",
 }
 
 
 def events(disk, work):
     """The agent's events in the journal of every boot, in order, after poweroff: dicts with
     `event` (a MESSAGE_IDS name), `boot` (1 for the scenario's first boot, and so on), `unit`,
-    `pid` (one per run of the agent), and the agent's fields `phase`, `code`, `attempt`,
+    `pid` (one per run of the agent), `realtime` (the guest's clock then, seconds since the
+    epoch), and the agent's fields `phase`, `code`, `attempt`,
     `server_id`, `seed`, `hostname` (None when absent)."""
     names = {v: k for k, v in MESSAGE_IDS.items()}
     fields = "MESSAGE_ID,_BOOT_ID,_SYSTEMD_UNIT,_PID,PHASE,CODE,ATTEMPT,SERVER_ID,SEED,HOSTNAME"
@@ -584,6 +724,7 @@ def events(disk, work):
         event = names.get(entry.get("MESSAGE_ID"))
         if event:
             found.append({"event": event, "boot": boots.index(boot) + 1, "unit": entry.get("_SYSTEMD_UNIT"), "pid": entry.get("_PID"),
+                          "realtime": int(entry["__REALTIME_TIMESTAMP"]) / 1e6,
                           "phase": entry.get("PHASE"), "code": entry.get("CODE"), "attempt": entry.get("ATTEMPT"),
                           "server_id": entry.get("SERVER_ID"), "seed": entry.get("SEED"), "hostname": entry.get("HOSTNAME")})
     return found
@@ -679,6 +820,40 @@ def system_health(disk, work, expect_failed=()):
     allowed = {"running"} | ({"degraded"} if failed else set())
     if any(s not in allowed for s in states):
         raise Failed(f"systemctl is-system-running said {states} (expected only {sorted(allowed)})")
+
+
+def file_mtime(disk, path):
+    """A file's modification time on the root partition (seconds since the epoch), or None."""
+    r = run(["debugfs", "-R", f"stat {path}", f"{disk}?offset={partitions(disk)['root']}"], check=False)
+    m = re.search(r"mtime: 0x([0-9a-f]+)", r.stdout)
+    return int(m.group(1), 16) if m else None
+
+
+def set_mtime(disk, path, when):
+    """Sets a file's modification time on the root partition (debugfs; UTC, whole seconds)."""
+    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(when))
+    run(["debugfs", "-w", "-R", f"sif {path} mtime {stamp}", f"{disk}?offset={partitions(disk)['root']}"])
+    if file_mtime(disk, path) != int(when):
+        raise Failed(f"setting the mtime of {path} on the disk did not take")
+
+
+def reached_at(disk, work, unit):
+    """How far into the scenario's first boot (seconds, the journal's monotonic clock) systemd
+    reached `unit` (a target) or started it, or None."""
+    for line in journal(disk, work, unit).splitlines():
+        m = re.match(r"\[\s*([\d.]+)\] .*: (?:Reached target|Finished|Started) ", line)
+        if m:
+            return float(m.group(1))
+    return None
+
+
+def clock_at_end(disk, work):
+    """The guest's clock at its journal's last entry (seconds since the epoch), after poweroff."""
+    out = run(["journalctl", "--no-pager", "-o", "json", "-n", "1", "--output-fields=MESSAGE",
+               "-D", str(_journal_dir(disk, work))], check=False).stdout.strip().splitlines()
+    if not out:
+        raise Failed("the journal is empty")
+    return int(json.loads(out[-1])["__REALTIME_TIMESTAMP"]) / 1e6
 
 
 def credential(name, value):

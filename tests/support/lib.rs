@@ -1,12 +1,13 @@
 //! What the integration tests share (a dev-dependency of the agent and of the simulator):
 //! a fixture tree for running the real binary with `--root` ([`tree`]), the simulator
-//! ([`sim`]), a real DNS server ([`dnsmasq`]), impostor servers ([`impostor`]) and FAT
-//! images ([`fat`]).
+//! ([`sim`]), a real DNS server ([`dnsmasq`]), a real HTTP proxy ([`tinyproxy`]), impostor
+//! servers ([`impostor`]) and FAT images ([`fat`]).
 
 pub mod dnsmasq;
 pub mod fat;
 pub mod impostor;
 pub mod sim;
+pub mod tinyproxy;
 pub mod tree;
 
 pub use tree::{Tree, appliance_tree};
@@ -31,6 +32,16 @@ impl Run {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
     }
+}
+
+/// The codes of a `check --json` report's problems, in its order.
+pub fn problem_codes(report: &serde_json::Value) -> Vec<&str> {
+    report["problems"]
+        .as_array()
+        .expect("a problems array")
+        .iter()
+        .map(|p| p["code"].as_str().expect("a code"))
+        .collect()
 }
 
 impl From<Output> for Run {
@@ -100,4 +111,11 @@ pub fn pin_of(pem: &str) -> String {
             .expect("a PEM certificate")
             .as_ref(),
     )
+}
+
+/// Account acme.example on `sim`, and an appliance tree for it ([`appliance_tree`]: a machine
+/// ID, the simulator's default key as the image's, its CA at /etc/gateway/primary-ca.pem).
+pub fn acme_appliance(sim: &sim::Sim) -> Tree {
+    sim.ok(&["account", "add", "acme.example"]);
+    appliance_tree(&sim.default_key, &sim.ca_pem())
 }

@@ -113,6 +113,12 @@ impl Sim {
         self.spawn();
     }
 
+    /// Stops and starts again on the same port and database with other `serve` arguments.
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.serve_args = extra.iter().map(|s| s.to_string()).collect();
+        self.restart();
+    }
+
     pub fn cli(&self, args: &[&str]) -> Run {
         Command::new(&self.bin)
             .arg("--db")

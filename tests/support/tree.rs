@@ -75,6 +75,10 @@ impl Tree {
         cmd.arg("--root").arg(self.dir.path()).args(args);
         cmd.env_remove("CREDENTIALS_DIRECTORY")
             .env_remove("GATEWAY_FIRSTBOOT_LOG");
+        // The proxy settings the agent reads from its environment: none unless a test sets them.
+        for name in ["https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY"] {
+            cmd.env_remove(name);
+        }
         if self.credentials {
             cmd.env("CREDENTIALS_DIRECTORY", CREDENTIALS_DIR);
         }

@@ -9,8 +9,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use gateway_protocol::secret::Secret;
 use gateway_protocol::{
-    AccountInfo, CertificateBundle, ErrorBody, ErrorCode, Health, KeyKind, RegisterResponse,
-    Registration, SecureHello, ServerRecord, TrustState,
+    AccountInfo, CertificateBundle, CsrRequest, ErrorBody, ErrorCode, Health, KeyKind,
+    RegisterResponse, Registration, SecureHello, ServerRecord, TrustState,
 };
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -199,6 +199,9 @@ fn check_registration(r: &Registration) -> ApiResult<()> {
     if !id_ok(&r.machine_id) {
         return bad("machine_id must be 1 to 128 letters, digits, '.', '_' or '-'".into());
     }
+    if r.hardware_id.as_deref().is_some_and(|h| !id_ok(h)) {
+        return bad("hardware_id must be 1 to 128 letters, digits, '.', '_' or '-'".into());
+    }
     if r.hostname.is_empty() || r.hostname.len() > 253 || r.hostname.chars().any(char::is_control) {
         return bad("hostname must be 1 to 253 printable characters".into());
     }
@@ -259,16 +262,35 @@ pub async fn register(
             r.agent_version = reg.agent_version;
             r.key_fingerprint = fingerprint;
             server.csr = reg.csr;
+            server.hardware_id = reg.hardware_id;
             db.update_registration(&server)?;
             if key.auto_trust && server.record.state == TrustState::Untrusted {
-                let cert =
-                    pki::sign_csr(&ca, &server.csr, &server.record.server_id, &account.domain)?;
+                let cert = pki::sign_csr(
+                    &ca,
+                    &server.csr,
+                    &server.record.server_id,
+                    &account.domain,
+                    st.cert_lifetime,
+                )?;
                 db.set_trust(&server.record.server_id, TrustState::Trusted, Some(&cert))?;
+                retire_replaced(&db, &server)?;
             }
             StatusCode::OK
         }
         None => {
             let id = random_token("srv_", 12).to_ascii_lowercase();
+            // A new machine ID on hardware the account knows: the box was re-imaged (or its
+            // disk swapped). The new record says which one it replaces; Authorize retires it.
+            let replaces = db
+                .same_hardware(
+                    account.id,
+                    reg.hardware_id.as_deref(),
+                    reg.serial.as_deref(),
+                    &id,
+                )?
+                .into_iter()
+                .next()
+                .map(|old| old.record.server_id);
             let mut server = Server {
                 record: ServerRecord {
                     server_id: id.clone(),
@@ -284,7 +306,11 @@ pub async fn register(
                     registered_at: String::new(),
                     authorized_at: None,
                     last_secure_contact: None,
+                    replaces,
+                    certificate_expires: None,
+                    renewals: 0,
                 },
+                hardware_id: reg.hardware_id,
                 account_id: account.id,
                 machine_id: reg.machine_id,
                 csr: reg.csr,
@@ -294,11 +320,16 @@ pub async fn register(
                 registrations: 1,
             };
             if key.auto_trust {
-                server.certificate = Some(pki::sign_csr(&ca, &server.csr, &id, &account.domain)?);
+                let cert = pki::sign_csr(&ca, &server.csr, &id, &account.domain, st.cert_lifetime)?;
+                server.record.certificate_expires = Some(rfc3339(pki::pem_not_after(&cert)?));
+                server.certificate = Some(cert);
                 server.record.state = TrustState::Trusted;
                 server.record.authorized_at = Some(String::new());
             }
             db.insert_server(&server)?;
+            if server.record.state == TrustState::Trusted {
+                retire_replaced(&db, &server)?;
+            }
             StatusCode::CREATED
         }
     };
@@ -376,7 +407,13 @@ fn rejected(id: &str) -> ApiError {
 }
 
 /// Authorizes (`trusted`) or rejects a server; shared by the API, the web page and the CLI.
-pub fn set_trust(db: &Db, id: &str, state: TrustState) -> anyhow::Result<Server> {
+/// Authorizing signs the server's CSR: a certificate valid for `lifetime_secs`.
+pub fn set_trust(
+    db: &Db,
+    id: &str,
+    state: TrustState,
+    lifetime_secs: i64,
+) -> anyhow::Result<Server> {
     let server = db.find_server(id)?;
     let id = server.record.server_id.clone();
     match state {
@@ -387,13 +424,34 @@ pub fn set_trust(db: &Db, id: &str, state: TrustState) -> anyhow::Result<Server>
                 cert: account.ca_cert,
                 key: account.ca_key,
             };
-            let cert = pki::sign_csr(&ca, &server.csr, &id, &account.domain)?;
+            let cert = pki::sign_csr(&ca, &server.csr, &id, &account.domain, lifetime_secs)?;
             db.set_trust(&id, TrustState::Trusted, Some(&cert))?;
+            retire_replaced(db, &server)?;
         }
         other => db.set_trust(&id, other, None)?,
     }
     db.server(&id)?
         .ok_or_else(|| anyhow::anyhow!("server {id} vanished"))
+}
+
+/// Once `server` is trusted: the account's other records of the same hardware (the box before
+/// it was re-imaged) are retired, their tokens and certificates with them. One box, one server.
+fn retire_replaced(db: &Db, server: &Server) -> anyhow::Result<()> {
+    let r = &server.record;
+    let old = db.same_hardware(
+        server.account_id,
+        server.hardware_id.as_deref(),
+        r.serial.as_deref(),
+        &r.server_id,
+    )?;
+    for retired in old {
+        db.remove_server(&retired.record.server_id)?;
+        eprintln!(
+            "gateway-primary-sim: server {} retired: replaced by {} (the same hardware)",
+            retired.record.server_id, r.server_id
+        );
+    }
+    Ok(())
 }
 
 async fn admin_trust(
@@ -410,7 +468,7 @@ async fn admin_trust(
         .ok_or_else(|| ApiError::new(ErrorCode::ServerUnknown, format!("no server {id}")))?;
     account_for_key(&db, &key, &server.record.account)?;
     require_full(&key)?;
-    Ok(Json(set_trust(&db, &id, state)?.record))
+    Ok(Json(set_trust(&db, &id, state, st.cert_lifetime)?.record))
 }
 
 pub async fn authorize(
@@ -429,6 +487,74 @@ pub async fn reject(
     Path(id): Path<String>,
 ) -> ApiResult<Json<ServerRecord>> {
     admin_trust(st, conn, headers, id, TrustState::Rejected).await
+}
+
+/// Removes a server; shared by the API, the web page's Remove button and the CLI. After it,
+/// the server's token and certificate no longer work, and the same machine registering again
+/// gets a new server id.
+pub fn remove(db: &Db, name: &str) -> anyhow::Result<Server> {
+    let server = db.find_server(name)?;
+    db.remove_server(&server.record.server_id)?;
+    Ok(server)
+}
+
+fn server_unknown(id: &str) -> ApiError {
+    ApiError::new(ErrorCode::ServerUnknown, format!("no server {id}"))
+}
+
+/// `DELETE /accounts/{domain}/servers/{id}`: an administrator removes a server (full key of
+/// the account). 204; 404 `server-unknown` when the account has no such server (also on a
+/// second DELETE: the record is gone).
+pub async fn remove_server(
+    State(st): State<Arc<AppState>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+    Path((domain, id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let db = st.db();
+    let key = api_key(&db, &headers, conn.peer.ip())?;
+    let account = account_for_key(&db, &key, &domain)?;
+    require_full(&key)?;
+    match db.server(&id)? {
+        Some(server) if server.account_id == account.id => {
+            db.remove_server(&id)?;
+            Ok(StatusCode::NO_CONTENT)
+        }
+        _ => Err(server_unknown(&id)),
+    }
+}
+
+/// `DELETE /servers/{id}`: the server deregisters itself, with its server token (or a full
+/// key of its account), or over mutual TLS with its client certificate and no Authorization
+/// header. 204; 404 `server-unknown` once removed.
+pub async fn deregister(
+    State(st): State<Arc<AppState>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let db = st.db();
+    let server = match (
+        &conn.client_cert,
+        headers.contains_key(header::AUTHORIZATION),
+    ) {
+        (Some(cert), false) => {
+            let (cert_id, fingerprint) = pki::client_identity(cert)
+                .map_err(|e| ApiError::new(ErrorCode::ClientCertificateRequired, e.to_string()))?;
+            let server = db.server(&id)?.ok_or_else(|| server_unknown(&id))?;
+            if cert_id != id || server.record.key_fingerprint != fingerprint {
+                return Err(ApiError::new(
+                    ErrorCode::ClientCertificateRequired,
+                    format!("the client certificate is not server {id}'s current one"),
+                ));
+            }
+            check_not_expired(cert)?;
+            server
+        }
+        _ => server_for_caller(&db, &headers, conn.peer.ip(), &id)?,
+    };
+    db.remove_server(&server.record.server_id)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Over mutual TLS: proves the server holds the key its certificate was issued for.
@@ -457,6 +583,7 @@ pub async fn secure_hello(
             "the certificate does not match the server's current trusted key",
         ));
     }
+    check_not_expired(cert)?;
     let at = db.record_secure_contact(&id)?;
     Ok(Json(SecureHello {
         server_id: id,
@@ -464,6 +591,150 @@ pub async fn secure_hello(
         state: TrustState::Trusted,
         at: rfc3339(at),
     }))
+}
+
+/// 401 `certificate-expired` once the client certificate's notAfter has passed (the TLS
+/// verifier lets such a certificate through; see verifier.rs).
+fn check_not_expired(cert_der: &[u8]) -> ApiResult<()> {
+    let not_after = pki::not_after(cert_der)
+        .map_err(|e| ApiError::new(ErrorCode::ClientCertificateRequired, e.to_string()))?;
+    if not_after < now() {
+        return Err(ApiError::new(
+            ErrorCode::CertificateExpired,
+            format!(
+                "the client certificate expired at {}: it cannot renew itself; re-enrol with \
+                 POST /api/v1/servers/{{id}}/enrolment and the server token",
+                rfc3339(not_after)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn csr_body(body: Result<Json<CsrRequest>, JsonRejection>) -> ApiResult<CsrRequest> {
+    body.map(|Json(b)| b)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.body_text()))
+}
+
+/// `POST /servers/{id}/certificate`: renewal, over mutual TLS with the server's current
+/// client certificate and no Authorization header, with a CSR for the same key. 200 with the
+/// new certificate; the old one keeps working until its own notAfter.
+pub async fn renew(
+    State(st): State<Arc<AppState>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<CsrRequest>, JsonRejection>,
+) -> ApiResult<Json<CertificateBundle>> {
+    if headers.contains_key(header::AUTHORIZATION) {
+        return Err(ApiError::new(
+            ErrorCode::ClientCertificateRequired,
+            "renewal is over mutual TLS only: connect with the server's current client \
+             certificate and send no Authorization header",
+        ));
+    }
+    let cert = conn.client_cert.as_ref().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::ClientCertificateRequired,
+            "renewal is over mutual TLS: connect with the server's current client certificate",
+        )
+    })?;
+    let (cert_id, fingerprint) = pki::client_identity(cert)
+        .map_err(|e| ApiError::new(ErrorCode::ClientCertificateRequired, e.to_string()))?;
+    let not_current = || {
+        ApiError::new(
+            ErrorCode::ClientCertificateRequired,
+            format!("the client certificate is not server {id}'s current certificate"),
+        )
+    };
+    if cert_id != id {
+        return Err(not_current());
+    }
+    let db = st.db();
+    let server = db.server(&id)?.ok_or_else(|| server_unknown(&id))?;
+    if server.record.key_fingerprint != fingerprint {
+        return Err(not_current());
+    }
+    match server.record.state {
+        TrustState::Rejected => return Err(rejected(&id)),
+        TrustState::Untrusted => {
+            return Err(ApiError::new(
+                ErrorCode::NotTrusted,
+                format!("server {id} is not trusted: an administrator must click Authorize"),
+            ));
+        }
+        TrustState::Trusted => {}
+    }
+    check_not_expired(cert)?;
+    let request = csr_body(body)?;
+    let csr_key = pki::csr_fingerprint(&request.csr)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidCsr, e.to_string()))?;
+    if csr_key != server.record.key_fingerprint {
+        return Err(ApiError::new(
+            ErrorCode::InvalidCsr,
+            "the CSR is for another key: renewal keeps the server's key pair (a new key pair \
+             is a new registration)",
+        ));
+    }
+    let account = db.account_by_id(server.account_id)?;
+    let ca = pki::Ca {
+        cert: account.ca_cert,
+        key: account.ca_key,
+    };
+    let certificate = pki::sign_csr(&ca, &request.csr, &id, &account.domain, st.cert_lifetime)?;
+    let expires = db.renew_certificate(&id, &certificate)?;
+    eprintln!(
+        "gateway-primary-sim: server {id} renewed its certificate (valid until {})",
+        rfc3339(expires)
+    );
+    Ok(Json(CertificateBundle {
+        certificate,
+        ca: ca.cert,
+    }))
+}
+
+/// `POST /servers/{id}/enrolment`: re-enrolment once the certificate has expired, with the
+/// server token (or a full key of the account) and a CSR for the same or a new key. The server
+/// goes back to `untrusted` without a certificate until an administrator authorizes it again.
+/// 202 with the record; the same CSR again changes nothing.
+pub async fn enrol(
+    State(st): State<Arc<AppState>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<CsrRequest>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<ServerRecord>)> {
+    let db = st.db();
+    let server = server_for_caller(&db, &headers, conn.peer.ip(), &id)?;
+    if server.record.state == TrustState::Rejected {
+        return Err(rejected(&id));
+    }
+    let request = csr_body(body)?;
+    let fingerprint = pki::csr_fingerprint(&request.csr)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidCsr, e.to_string()))?;
+    let unchanged = server.record.state == TrustState::Untrusted
+        && server.certificate.is_none()
+        && server.csr == request.csr;
+    if !unchanged {
+        db.re_enrol(&id, &request.csr, &fingerprint)?;
+        let expired = server
+            .certificate
+            .as_deref()
+            .map(|c| pki::pem_not_after(c).map(|t| t < now()))
+            .transpose()?
+            .unwrap_or(true);
+        if expired {
+            eprintln!(
+                "gateway-primary-sim: server {id} re-enrols (its certificate expired): waiting for Authorize"
+            );
+        } else {
+            eprintln!(
+                "gateway-primary-sim: server {id} re-enrols (its certificate had not expired yet): waiting for Authorize"
+            );
+        }
+    }
+    let server = db.server(&id)?.ok_or_else(|| server_unknown(&id))?;
+    Ok((StatusCode::ACCEPTED, Json(server.record)))
 }
 
 pub async fn not_found() -> ApiError {

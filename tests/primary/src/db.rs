@@ -50,6 +50,10 @@ CREATE TABLE IF NOT EXISTS servers (
     last_secure_at INTEGER,
     secure_contacts INTEGER NOT NULL DEFAULT 0,
     registrations INTEGER NOT NULL DEFAULT 1,
+    hardware_id TEXT,
+    replaces TEXT,
+    renewals INTEGER NOT NULL DEFAULT 0,
+    certificate_expires INTEGER,
     UNIQUE (account_id, machine_id)
 );
 CREATE TABLE IF NOT EXISTS faults (id INTEGER PRIMARY KEY CHECK (id = 1), json TEXT NOT NULL);
@@ -112,6 +116,8 @@ pub struct Server {
     pub certificate: Option<String>,
     pub secure_contacts: i64,
     pub registrations: i64,
+    /// The agent's app-specific ID of the DMI product UUID, where it sent one.
+    pub hardware_id: Option<String>,
 }
 
 fn kind_str(kind: KeyKind) -> &'static str {
@@ -139,7 +145,16 @@ fn parse_state(s: &str) -> TrustState {
 
 const SERVER_COLUMNS: &str = "s.id, a.domain, s.state, s.hostname, s.fqdn, s.addresses, s.dns, s.serial, \
     s.agent_version, s.key_fingerprint, s.registered_at, s.authorized_at, s.last_secure_at, \
-    s.account_id, s.machine_id, s.csr, s.token, s.certificate, s.secure_contacts, s.registrations";
+    s.account_id, s.machine_id, s.csr, s.token, s.certificate, s.secure_contacts, s.registrations, \
+    s.hardware_id, s.replaces, s.renewals, s.certificate_expires";
+
+/// Columns added after the first release of the schema, for a database made before them.
+const ADDED_SERVER_COLUMNS: &[(&str, &str)] = &[
+    ("hardware_id", "TEXT"),
+    ("replaces", "TEXT"),
+    ("renewals", "INTEGER NOT NULL DEFAULT 0"),
+    ("certificate_expires", "INTEGER"),
+];
 
 fn server_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Server> {
     let addresses: String = row.get(5)?;
@@ -160,7 +175,11 @@ fn server_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Server> {
             registered_at: rfc3339(row.get(10)?),
             authorized_at: row.get::<_, Option<i64>>(11)?.map(rfc3339),
             last_secure_contact: row.get::<_, Option<i64>>(12)?.map(rfc3339),
+            replaces: row.get(21)?,
+            renewals: row.get(22)?,
+            certificate_expires: row.get::<_, Option<i64>>(23)?.map(rfc3339),
         },
+        hardware_id: row.get(20)?,
         account_id: row.get(13)?,
         machine_id: row.get(14)?,
         csr: row.get(15)?,
@@ -179,6 +198,17 @@ impl Db {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
         conn.execute_batch(SCHEMA).context("creating the schema")?;
+        for (name, kind) in ADDED_SERVER_COLUMNS {
+            let present: bool = conn.query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('servers') WHERE name = ?1",
+                [name],
+                |r| r.get::<_, i64>(0),
+            )? > 0;
+            if !present {
+                conn.execute_batch(&format!("ALTER TABLE servers ADD COLUMN {name} {kind}"))
+                    .with_context(|| format!("adding column servers.{name}"))?;
+            }
+        }
         Ok(Db { conn })
     }
 
@@ -391,8 +421,9 @@ impl Db {
         let r = &s.record;
         self.conn.execute(
             "INSERT INTO servers (id, account_id, machine_id, hostname, fqdn, addresses, dns, serial, agent_version, csr, \
-             key_fingerprint, state, token, certificate, registered_at, authorized_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+             key_fingerprint, state, token, certificate, registered_at, authorized_at, hardware_id, replaces, \
+             certificate_expires) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
             params![
                 r.server_id,
                 s.account_id,
@@ -410,6 +441,12 @@ impl Db {
                 s.certificate,
                 now(),
                 r.authorized_at.as_ref().map(|_| now()),
+                s.hardware_id,
+                r.replaces,
+                s.certificate
+                    .as_deref()
+                    .map(crate::pki::pem_not_after)
+                    .transpose()?,
             ],
         )?;
         Ok(())
@@ -420,7 +457,7 @@ impl Db {
         let r = &s.record;
         self.conn.execute(
             "UPDATE servers SET hostname = ?2, fqdn = ?3, addresses = ?4, dns = ?5, serial = ?6, agent_version = ?7, \
-             csr = ?8, key_fingerprint = ?9, registrations = registrations + 1 WHERE id = ?1",
+             csr = ?8, key_fingerprint = ?9, hardware_id = ?10, registrations = registrations + 1 WHERE id = ?1",
             params![
                 r.server_id,
                 r.hostname,
@@ -431,18 +468,92 @@ impl Db {
                 r.agent_version,
                 s.csr,
                 r.key_fingerprint,
+                s.hardware_id,
             ],
         )?;
         Ok(())
     }
 
+    /// The other servers of `account_id` on the same hardware as a registration's: the same
+    /// hardware ID, and the same serial where both have one. Trusted ones first, then the
+    /// newest.
+    pub fn same_hardware(
+        &self,
+        account_id: i64,
+        hardware_id: Option<&str>,
+        serial: Option<&str>,
+        except: &str,
+    ) -> Result<Vec<Server>> {
+        let Some(hardware_id) = hardware_id else {
+            return Ok(Vec::new());
+        };
+        let sql = format!(
+            "SELECT {SERVER_COLUMNS} FROM servers s JOIN accounts a ON a.id = s.account_id \
+             WHERE s.account_id = ?1 AND s.hardware_id = ?2 AND s.id != ?3 \
+             AND (?4 IS NULL OR s.serial IS NULL OR s.serial = ?4) \
+             ORDER BY s.state = 'trusted' DESC, s.registered_at DESC, s.rowid DESC"
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(
+            params![account_id, hardware_id, except, serial],
+            server_from_row,
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn set_trust(&self, id: &str, state: TrustState, certificate: Option<&str>) -> Result<()> {
         let authorized = (state == TrustState::Trusted).then(now);
+        let expires = certificate.map(crate::pki::pem_not_after).transpose()?;
         self.conn.execute(
-            "UPDATE servers SET state = ?2, certificate = ?3, authorized_at = COALESCE(?4, authorized_at) WHERE id = ?1",
-            params![id, state_str(state), certificate, authorized],
+            "UPDATE servers SET state = ?2, certificate = ?3, authorized_at = COALESCE(?4, authorized_at), \
+             certificate_expires = ?5 WHERE id = ?1",
+            params![id, state_str(state), certificate, authorized, expires],
         )?;
         Ok(())
+    }
+
+    /// A renewal: the server's new certificate, its notAfter, one more renewal counted.
+    pub fn renew_certificate(&self, id: &str, certificate: &str) -> Result<i64> {
+        let expires = crate::pki::pem_not_after(certificate)?;
+        self.conn.execute(
+            "UPDATE servers SET certificate = ?2, certificate_expires = ?3, renewals = renewals + 1 WHERE id = ?1",
+            params![id, certificate, expires],
+        )?;
+        Ok(expires)
+    }
+
+    /// A re-enrolment: back to `untrusted` with the new CSR and its key, no certificate, not
+    /// authorized, until an administrator authorizes it again.
+    pub fn re_enrol(&self, id: &str, csr: &str, key_fingerprint: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE servers SET state = 'untrusted', certificate = NULL, certificate_expires = NULL, \
+             authorized_at = NULL, csr = ?2, key_fingerprint = ?3 WHERE id = ?1",
+            params![id, csr, key_fingerprint],
+        )?;
+        Ok(())
+    }
+
+    /// `serve --cert-lifetime`, in seconds, for the processes that sign without serving (the
+    /// `authorize` subcommand); a year until a `serve` stored one.
+    pub fn cert_lifetime(&self) -> Result<i64> {
+        Ok(self
+            .meta("cert_lifetime_secs")?
+            .and_then(|v| v.parse().ok())
+            .filter(|&v: &i64| v > 0)
+            .unwrap_or(crate::pki::DEFAULT_LIFETIME_SECS))
+    }
+
+    pub fn set_cert_lifetime(&self, secs: i64) -> Result<()> {
+        self.set_meta("cert_lifetime_secs", &secs.to_string())
+    }
+
+    /// Removes a server's record (its token and certificate go with it). Returns whether
+    /// there was one.
+    pub fn remove_server(&self, id: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM servers WHERE id = ?1", [id])?
+            > 0)
     }
 
     pub fn record_secure_contact(&self, id: &str) -> Result<i64> {

@@ -2,15 +2,18 @@
 //! demos. See docs/protocol.md and tests/primary/README.md.
 
 mod api;
+mod capacity;
 mod db;
 mod faults;
 mod pki;
 mod requests;
+mod stats;
 mod ui;
+mod verifier;
 
 use anyhow::{Context, Result};
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use clap::{Args, Parser, Subcommand};
 use db::Db;
 use faults::Faults;
@@ -55,10 +58,13 @@ enum Cmd {
     /// Manage API keys
     #[command(subcommand)]
     Key(KeyCmd),
-    /// Show the tree of accounts and their servers
+    /// Show the tree of accounts and their servers, or remove one
     Servers {
+        /// Print the tree as JSON
         #[arg(long)]
         json: bool,
+        #[command(subcommand)]
+        action: Option<ServersCmd>,
     },
     /// Authorize a server (by id, or a host name naming exactly one server)
     Authorize { server: String },
@@ -70,6 +76,16 @@ enum Cmd {
     /// Print the API requests the last `serve` answered, one JSON line each (at, method,
     /// path, status, ms), from DB.requests.jsonl
     Requests,
+    /// Sum up the request log of the last `serve` (DB.requests.jsonl), as JSON: requests by
+    /// endpoint and status, the peak in flight, the peak in one second, the busiest seconds
+    Stats {
+        /// Only requests at or after this Unix time (seconds, fractions allowed)
+        #[arg(long, value_name = "UNIX")]
+        since: Option<f64>,
+        /// Only requests before this Unix time
+        #[arg(long, value_name = "UNIX")]
+        until: Option<f64>,
+    },
 }
 
 #[derive(Args)]
@@ -93,8 +109,25 @@ struct ServeArgs {
     /// Shift only the TLS certificate's validity (-900d: expired), the clock stays right
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     cert_skew: Option<String>,
+    /// Serve at most N API requests at once; answer the rest 429 + Retry-After at once, as a
+    /// busy real service would (the fleet benchmark's primary)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_concurrent: Option<u64>,
+    /// Lifetime of the client certificates the simulator signs, on Authorize and on renewal
+    /// (5m, 90s, 365d); they are valid from a tenth of it (at most an hour) before the signing
+    /// on. Kept in the database, so `authorize` from a shell signs with it too
+    #[arg(long, value_name = "DURATION", default_value = "365d")]
+    cert_lifetime: String,
     #[command(flatten)]
     faults: FaultArgs,
+}
+
+#[derive(Subcommand)]
+enum ServersCmd {
+    /// Remove a server (by id, or a host name naming exactly one server), as the web page's
+    /// Remove button does: its token and certificate stop working, and the same machine
+    /// registering again gets a new server id
+    Remove { server: String },
 }
 
 #[derive(Subcommand)]
@@ -224,6 +257,11 @@ pub struct AppState {
     tls: Mutex<Option<(i64, Arc<rustls::ServerConfig>)>>,
     /// DB.requests.jsonl, opened for appending (see requests.rs).
     request_log: Option<Mutex<std::fs::File>>,
+    /// `serve --max-concurrent`, and the requests in flight (capacity.rs).
+    max_concurrent: Option<usize>,
+    in_flight: capacity::InFlight,
+    /// `serve --cert-lifetime`, seconds.
+    pub cert_lifetime: i64,
 }
 
 impl AppState {
@@ -273,9 +311,11 @@ impl AppState {
             for pem in cas {
                 roots.add(CertificateDer::from_pem_slice(pem.as_bytes())?)?;
             }
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .allow_unauthenticated()
-                .build()?
+            verifier::AcceptExpired::wrap(
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .allow_unauthenticated()
+                    .build()?,
+            )
         };
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
@@ -357,16 +397,32 @@ fn router(state: Arc<AppState>) -> Router {
             "/api/v1/accounts/{domain}/servers",
             get(api::list_servers).post(api::register),
         )
-        .route("/api/v1/servers/{id}", get(api::server))
+        .route(
+            "/api/v1/accounts/{domain}/servers/{id}",
+            delete(api::remove_server),
+        )
+        .route(
+            "/api/v1/servers/{id}",
+            get(api::server).delete(api::deregister),
+        )
         .route("/api/v1/servers/{id}/authorize", post(api::authorize))
         .route("/api/v1/servers/{id}/reject", post(api::reject))
-        .route("/api/v1/servers/{id}/certificate", get(api::certificate))
+        .route(
+            "/api/v1/servers/{id}/certificate",
+            get(api::certificate).post(api::renew),
+        )
+        .route("/api/v1/servers/{id}/enrolment", post(api::enrol))
         .route("/api/v1/secure/hello", get(api::secure_hello))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             faults::middleware,
         ))
-        // Outside the faults: the 429s and 503s they answer are logged too.
+        // The capacity limit before the faults (a request shed costs nothing), inside the log.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            capacity::middleware,
+        ))
+        // Outside the faults and the limit: the 429s and 503s they answer are logged too.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             requests::middleware,
@@ -380,6 +436,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/ui", get(ui::page))
         .route("/ui/servers/{id}/authorize", post(ui::authorize))
         .route("/ui/servers/{id}/reject", post(ui::reject))
+        .route("/ui/servers/{id}/remove", post(ui::remove))
         .merge(api)
         .fallback(api::not_found)
         .with_state(state)
@@ -444,6 +501,15 @@ async fn serve(db_path: &Path, args: ServeArgs) -> Result<()> {
         Some(s) => signed_secs(Some(s))?,
         None => skew_secs,
     };
+    let cert_lifetime =
+        (faults::parse_millis(&args.cert_lifetime).map_err(anyhow::Error::msg)? / 1000) as i64;
+    if cert_lifetime < 1 {
+        anyhow::bail!(
+            "--cert-lifetime {} is too short: a certificate must be valid for at least 1s",
+            args.cert_lifetime
+        );
+    }
+    db.set_cert_lifetime(cert_lifetime)?;
     let (chain, key) = load_tls(&args.tls_dir, &args.names, cert_skew)?;
     let state = Arc::new(AppState {
         db: Mutex::new(db),
@@ -461,6 +527,9 @@ async fn serve(db_path: &Path, args: ServeArgs) -> Result<()> {
                 })
                 .with_context(|| format!("creating {}", requests::path(db_path).display()))?,
         )),
+        max_concurrent: args.max_concurrent.map(|n| n as usize),
+        in_flight: capacity::InFlight::default(),
+        cert_lifetime,
     });
     state.refresh_faults();
     let mut app = router(state.clone());
@@ -528,6 +597,10 @@ async fn serve(db_path: &Path, args: ServeArgs) -> Result<()> {
             }
         }
     }
+    eprintln!(
+        "gateway-primary-sim: stopped; at most {} API requests were in flight at once",
+        state.in_flight.peak()
+    );
     Ok(())
 }
 
@@ -545,6 +618,8 @@ fn print_servers(db: &Db, json: bool) -> Result<()> {
                         let mut v = serde_json::to_value(&s.record).unwrap_or_default();
                         v["registrations"] = s.registrations.into();
                         v["secure_contacts"] = s.secure_contacts.into();
+                        v["renewals"] = s.record.renewals.into();
+                        v["certificate_expires"] = s.record.certificate_expires.clone().into();
                         v
                     })
                     .collect();
@@ -567,13 +642,22 @@ fn print_servers(db: &Db, json: bool) -> Result<()> {
                 TrustState::Rejected => "rejected",
             };
             println!(
-                "  {}  {}  {state}  key {}  registered {} ({}x)  secure contacts {}",
+                "  {}  {}  {state}  key {}  registered {} ({}x)  secure contacts {}  certificate {} ({} renewals){}",
                 r.server_id,
                 r.fqdn.as_deref().unwrap_or(&r.hostname),
                 short_fingerprint(&r.key_fingerprint),
                 r.registered_at,
                 s.registrations,
-                s.secure_contacts
+                s.secure_contacts,
+                r.certificate_expires
+                    .as_deref()
+                    .map(|t| format!("until {t}"))
+                    .unwrap_or_else(|| "none".into()),
+                r.renewals,
+                r.replaces
+                    .as_deref()
+                    .map(|old| format!("  replaces {old}"))
+                    .unwrap_or_default()
             );
         }
     }
@@ -675,13 +759,20 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}  {kind}  {scope}  {}", k.key, flags.join(" "));
             }
         }
-        Cmd::Servers { json } => print_servers(&db, json)?,
+        Cmd::Servers {
+            action: Some(ServersCmd::Remove { server }),
+            ..
+        } => {
+            let s = api::remove(&db, &server)?;
+            println!("{} removed", s.record.server_id);
+        }
+        Cmd::Servers { json, action: None } => print_servers(&db, json)?,
         Cmd::Authorize { server } => {
-            let s = api::set_trust(&db, &server, TrustState::Trusted)?;
+            let s = api::set_trust(&db, &server, TrustState::Trusted, db.cert_lifetime()?)?;
             println!("{} trusted", s.record.server_id);
         }
         Cmd::Reject { server } => {
-            let s = api::set_trust(&db, &server, TrustState::Rejected)?;
+            let s = api::set_trust(&db, &server, TrustState::Rejected, db.cert_lifetime()?)?;
             println!("{} rejected", s.record.server_id);
         }
         Cmd::Faults(FaultsCmd::Set(args)) => {
@@ -691,6 +782,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Faults(FaultsCmd::Clear) => {
             db.set_faults_json(&serde_json::to_string(&Faults::default())?)?
+        }
+        Cmd::Stats { since, until } => {
+            let summary = stats::summary(&requests::path(&cli.db), since, until)?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
         }
         Cmd::Requests => {
             let log = requests::path(&cli.db);

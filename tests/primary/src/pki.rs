@@ -92,9 +92,20 @@ pub fn csr_fingerprint(csr_pem: &str) -> Result<String> {
     ))
 }
 
+/// The default lifetime of the client certificates the simulator signs (`serve
+/// --cert-lifetime`): a year.
+pub const DEFAULT_LIFETIME_SECS: i64 = 365 * 24 * 3600;
+
 /// Signs a server's CSR with the account's CA: a client certificate whose common name is the
-/// server id, valid for a year.
-pub fn sign_csr(ca: &Ca, csr_pem: &str, server_id: &str, account: &str) -> Result<String> {
+/// server id, valid from `now` minus a tenth of `lifetime_secs` (at most an hour, for a clock
+/// a little behind) to `now` plus `lifetime_secs`, with a new serial number.
+pub fn sign_csr(
+    ca: &Ca,
+    csr_pem: &str,
+    server_id: &str,
+    account: &str,
+    lifetime_secs: i64,
+) -> Result<String> {
     let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).context("reading the CSR")?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, server_id);
@@ -103,10 +114,27 @@ pub fn sign_csr(ca: &Ca, csr_pem: &str, server_id: &str, account: &str) -> Resul
     csr.params.is_ca = IsCa::ExplicitNoCa;
     csr.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    csr.params.not_before = OffsetDateTime::now_utc() - Duration::hours(1);
-    csr.params.not_after = OffsetDateTime::now_utc() + Duration::days(365);
+    let now = OffsetDateTime::from_unix_timestamp(crate::db::now())?;
+    let lifetime = lifetime_secs.max(1);
+    csr.params.not_before = now - Duration::seconds((lifetime / 10).min(3600));
+    csr.params.not_after = now + Duration::seconds(lifetime);
     csr.params.serial_number = Some(serial());
     Ok(csr.signed_by(&issuer(ca)?)?.pem())
+}
+
+/// The notAfter of a certificate (DER), Unix seconds.
+pub fn not_after(cert_der: &[u8]) -> Result<i64> {
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(cert_der)
+        .map_err(|e| anyhow::anyhow!("reading the certificate: {e}"))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
+/// The notAfter of a certificate (PEM), Unix seconds.
+pub fn pem_not_after(cert_pem: &str) -> Result<i64> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("not a PEM certificate: {e}"))?;
+    not_after(der.as_ref())
 }
 
 /// The server id (common name) and key fingerprint of a client certificate.

@@ -1,5 +1,5 @@
 //! `/ui`: the primary's web tree. Accounts and their servers on the left; the selected
-//! server's information on the right, with Authorize and Reject buttons. Plain HTML.
+//! server's information on the right, with Authorize, Reject and Remove buttons. Plain HTML.
 
 use crate::AppState;
 use axum::extract::{Path, Query, State};
@@ -15,6 +15,15 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&quot;")
         .replace('\'', "&#39;")
+}
+
+/// " replaces srv_…" for a server that replaces an earlier record of the same hardware
+/// (Authorize retires that one), or nothing.
+fn replaces(r: &gateway_protocol::ServerRecord) -> String {
+    r.replaces
+        .as_deref()
+        .map(|old| format!(" <small>replaces {}</small>", esc(old)))
+        .unwrap_or_default()
 }
 
 fn label(state: TrustState) -> &'static str {
@@ -56,11 +65,12 @@ pub async fn page(State(st): State<Arc<AppState>>, Query(q): Query<Selected>) ->
             let r = &s.record;
             let _ = write!(
                 html,
-                "<li><a href=\"/ui?server={id}\">{host}</a> <span class={cls}>({state})</span></li>",
+                "<li><a href=\"/ui?server={id}\">{host}</a> <span class={cls}>({state})</span>{replaces}</li>",
                 id = esc(&r.server_id),
                 host = esc(r.fqdn.as_deref().unwrap_or(&r.hostname)),
                 cls = crate::db::state_str(r.state),
                 state = label(r.state),
+                replaces = replaces(r),
             );
         }
         html.push_str("</ul></li>");
@@ -86,12 +96,14 @@ pub async fn page(State(st): State<Arc<AppState>>, Query(q): Query<Selected>) ->
                  <tr><td>Addresses</td><td>{addrs}</td></tr>\
                  <tr><td>DNS record</td><td>{dns}</td></tr>\
                  <tr><td>Serial</td><td>{serial}</td></tr>\
+                 <tr><td>Replaces</td><td>{replaces}</td></tr>\
                  <tr><td>Agent</td><td>{agent}</td></tr>\
                  <tr><td>Key fingerprint</td><td><code>{short}</code><br><small>{fp}</small></td></tr>\
                  <tr><td>State</td><td class={cls}>{state}</td></tr>\
                  <tr><td>Registered</td><td>{reg} ({n} registration(s))</td></tr>\
                  <tr><td>Authorized</td><td>{auth}</td></tr>\
-                 <tr><td>Secure connection</td><td>{secure} ({contacts} contact(s))</td></tr></table>",
+                 <tr><td>Secure connection</td><td>{secure} ({contacts} contact(s))</td></tr>\
+                 <tr><td>Certificate</td><td>{expires} ({renewals} renewal(s))</td></tr></table>",
                 id = esc(&r.server_id),
                 account = esc(&r.account),
                 host = esc(&r.hostname),
@@ -104,6 +116,10 @@ pub async fn page(State(st): State<Arc<AppState>>, Query(q): Query<Selected>) ->
                     .join(", ")),
                 dns = esc(&format!("{:?}", r.dns).to_lowercase()),
                 serial = esc(r.serial.as_deref().unwrap_or("-")),
+                replaces = match &r.replaces {
+                    Some(_) => replaces(r),
+                    None => "-".to_string(),
+                },
                 agent = esc(&r.agent_version),
                 short = esc(&short_fingerprint(&r.key_fingerprint)),
                 fp = esc(&r.key_fingerprint),
@@ -114,6 +130,12 @@ pub async fn page(State(st): State<Arc<AppState>>, Query(q): Query<Selected>) ->
                 auth = esc(r.authorized_at.as_deref().unwrap_or("-")),
                 secure = esc(r.last_secure_contact.as_deref().unwrap_or("never")),
                 contacts = s.secure_contacts,
+                expires = esc(&r
+                    .certificate_expires
+                    .as_deref()
+                    .map(|t| format!("valid until {t}"))
+                    .unwrap_or_else(|| "-".into())),
+                renewals = r.renewals,
             );
             let id = esc(&r.server_id);
             if r.state != TrustState::Trusted {
@@ -128,6 +150,12 @@ pub async fn page(State(st): State<Arc<AppState>>, Query(q): Query<Selected>) ->
                     "<form method=post action=\"/ui/servers/{id}/reject\" style=display:inline><button>Reject</button></form>"
                 );
             }
+            let _ = write!(
+                html,
+                "<form method=post action=\"/ui/servers/{id}/remove\" style=display:inline \
+                 onsubmit=\"return confirm('Remove server {id}? Its token and certificate stop working.')\">\
+                 <button>Remove</button></form>"
+            );
         }
     }
     html.push_str("</main></body></html>");
@@ -136,7 +164,7 @@ pub async fn page(State(st): State<Arc<AppState>>, Query(q): Query<Selected>) ->
 
 async fn act(st: Arc<AppState>, id: String, state: TrustState) -> Response {
     let db = st.db();
-    match crate::api::set_trust(&db, &id, state) {
+    match crate::api::set_trust(&db, &id, state, st.cert_lifetime) {
         Ok(s) => Redirect::to(&format!("/ui?server={}", s.record.server_id)).into_response(),
         Err(e) => (
             axum::http::StatusCode::NOT_FOUND,
@@ -152,4 +180,17 @@ pub async fn authorize(State(st): State<Arc<AppState>>, Path(id): Path<String>) 
 
 pub async fn reject(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     act(st, id, TrustState::Rejected).await
+}
+
+/// The Remove button: the server's record goes; back to the tree.
+pub async fn remove(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    let db = st.db();
+    match crate::api::remove(&db, &id) {
+        Ok(_) => Redirect::to("/ui").into_response(),
+        Err(e) => (
+            axum::http::StatusCode::NOT_FOUND,
+            Html(format!("<p>{}</p>", esc(&e.to_string()))),
+        )
+            .into_response(),
+    }
 }

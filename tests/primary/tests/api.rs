@@ -717,3 +717,752 @@ async fn the_request_log_has_every_api_request_with_its_status_and_time() {
     }
     assert!(statuses.contains(&429), "{statuses:?}");
 }
+
+/// Registers `machine` in acme.example with the default key: (server id, token, key pair).
+async fn register_one(c: &Client, sim: &Sim, machine: &str) -> (String, String, rcgen::KeyPair) {
+    let (key, csr_pem) = csr();
+    let (status, reg, _) = call(
+        c.post(sim.url("/api/v1/accounts/acme.example/servers"))
+            .bearer_auth(&sim.default_key)
+            .json(&registration(machine, &csr_pem)),
+    )
+    .await;
+    assert!(status.is_success(), "{reg}");
+    let id = reg["server_id"].as_str().unwrap().to_string();
+    let token = reg["server_token"].as_str().unwrap().to_string();
+    (id, token, key)
+}
+
+#[tokio::test]
+async fn an_administrator_removes_a_server_with_a_full_key() {
+    let (mut sim, full, restricted) = setup();
+    let other = sim.ok(&["key", "add", "other.example", "--kind", "full"]);
+    let c = client(&sim);
+    let (id, token, _) = register_one(&c, &sim, "m-1").await;
+    let url = sim.url(&format!("/api/v1/accounts/acme.example/servers/{id}"));
+
+    assert_error(&call(c.delete(&url)).await, 401, "unauthenticated");
+    for key in [&restricted, &sim.default_key] {
+        assert_error(
+            &call(c.delete(&url).bearer_auth(key)).await,
+            403,
+            "key-restricted",
+        );
+    }
+    assert_error(
+        &call(c.delete(&url).bearer_auth(&other)).await,
+        403,
+        "key-account-mismatch",
+    );
+    // Another account's path does not reach this server, even with that account's full key.
+    let elsewhere = sim.url(&format!("/api/v1/accounts/other.example/servers/{id}"));
+    assert_error(
+        &call(c.delete(&elsewhere).bearer_auth(&other)).await,
+        404,
+        "server-unknown",
+    );
+    assert_eq!(sim.all_servers().len(), 1, "nothing removed yet");
+
+    let resp = c.delete(&url).bearer_auth(&full).send().await.unwrap();
+    assert_eq!(resp.status(), 204);
+    assert!(resp.bytes().await.unwrap().is_empty(), "204 has no body");
+    assert!(sim.all_servers().is_empty());
+    // A second DELETE: the record is gone.
+    assert_error(
+        &call(c.delete(&url).bearer_auth(&full)).await,
+        404,
+        "server-unknown",
+    );
+    // The token went with the record.
+    assert_error(
+        &call(
+            c.get(sim.url(&format!("/api/v1/servers/{id}")))
+                .bearer_auth(&token),
+        )
+        .await,
+        404,
+        "server-unknown",
+    );
+    // The same machine registering again is a new server.
+    let (again, _, _) = register_one(&c, &sim, "m-1").await;
+    assert_ne!(again, id);
+    sim.restart();
+    let servers = sim.all_servers();
+    assert_eq!(servers.len(), 1, "the removal persisted: {servers:?}");
+    assert_eq!(servers[0]["server_id"], again.as_str());
+}
+
+#[tokio::test]
+async fn a_server_deregisters_itself_with_its_token_or_its_certificate() {
+    let (sim, full, _) = setup();
+    let c = client(&sim);
+    let (id, token, _) = register_one(&c, &sim, "m-1").await;
+    let url = sim.url(&format!("/api/v1/servers/{id}"));
+    assert_error(
+        &call(c.delete(&url).bearer_auth("gwt_wrongwrongwrong")).await,
+        401,
+        "token-invalid",
+    );
+    assert_error(&call(c.delete(&url)).await, 401, "unauthenticated");
+    let resp = c.delete(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(resp.status(), 204);
+    assert!(sim.all_servers().is_empty());
+    assert_error(
+        &call(c.delete(&url).bearer_auth(&token)).await,
+        404,
+        "server-unknown",
+    );
+
+    // Over mutual TLS: the certificate, no Authorization header.
+    let (id, token, key) = register_one(&c, &sim, "m-2").await;
+    let url = sim.url(&format!("/api/v1/servers/{id}"));
+    let (status, _, _) = call(c.post(format!("{url}/authorize")).bearer_auth(&full)).await;
+    assert_eq!(status, 200);
+    let (_, bundle, _) = call(c.get(format!("{url}/certificate")).bearer_auth(&token)).await;
+    let identity = Identity::from_pem(
+        format!(
+            "{}{}",
+            bundle["certificate"].as_str().unwrap(),
+            key.serialize_pem()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mtls = client_with(&sim, Some(identity));
+    // Its certificate removes only itself.
+    let (other, _, _) = register_one(&c, &sim, "m-3").await;
+    assert_error(
+        &call(mtls.delete(sim.url(&format!("/api/v1/servers/{other}")))).await,
+        401,
+        "client-certificate-required",
+    );
+    let resp = mtls.delete(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 204);
+    let left: Vec<_> = sim
+        .all_servers()
+        .iter()
+        .map(|s| s["server_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(left, [other]);
+    assert_error(
+        &call(mtls.get(sim.url("/api/v1/secure/hello"))).await,
+        404,
+        "server-unknown",
+    );
+}
+
+#[tokio::test]
+async fn the_web_page_and_the_cli_remove() {
+    let (sim, _, _) = setup();
+    let c = client(&sim);
+    let (id, _, _) = register_one(&c, &sim, "m-1").await;
+    let page = c
+        .get(sim.url(&format!("/ui?server={id}")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(&format!("action=\"/ui/servers/{id}/remove\""))
+            && page.contains(">Remove</button>"),
+        "{page}"
+    );
+    let no_redirect = Client::builder()
+        .tls_certs_only([Certificate::from_pem(sim.ca_pem().as_bytes()).unwrap()])
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let clicked = no_redirect
+        .post(sim.url(&format!("/ui/servers/{id}/remove")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(clicked.status(), 303);
+    assert!(sim.all_servers().is_empty());
+
+    let (id, _, _) = register_one(&c, &sim, "m-1").await;
+    assert_eq!(sim.ok(&["servers", "remove", &id]), format!("{id} removed"));
+    assert!(sim.all_servers().is_empty());
+    let again = sim.cli(&["servers", "remove", &id]);
+    assert_ne!(again.code, 0);
+    assert!(
+        again.stderr.contains(&format!("no server {id}")),
+        "{}",
+        again.stderr
+    );
+}
+
+/// Registers `machine` on hardware `hardware` (with `serial`), with `key`: the response.
+async fn register_on(
+    c: &Client,
+    sim: &Sim,
+    key: &str,
+    machine: &str,
+    hardware: Option<&str>,
+    serial: Option<&str>,
+) -> Value {
+    let (_, csr_pem) = csr();
+    let mut body = registration(machine, &csr_pem);
+    body["serial"] = serial.into();
+    if let Some(hardware) = hardware {
+        body["hardware_id"] = hardware.into();
+    }
+    let (status, reg, _) = call(
+        c.post(sim.url("/api/v1/accounts/acme.example/servers"))
+            .bearer_auth(key)
+            .json(&body),
+    )
+    .await;
+    assert!(status.is_success(), "{reg}");
+    reg
+}
+
+#[tokio::test]
+async fn a_new_machine_on_known_hardware_is_a_replacement_and_authorize_retires_the_old() {
+    let (sim, full, restricted) = setup();
+    let c = client(&sim);
+    const BOARD: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    let old = register_on(&c, &sim, &restricted, "m-old", Some(BOARD), Some("SN-1")).await;
+    let old_id = old["server_id"].as_str().unwrap().to_string();
+    assert!(
+        old.get("replaces").is_none(),
+        "a first registration replaces nothing: {old}"
+    );
+    sim.ok(&["authorize", &old_id]);
+
+    // Not replacements: another board; the same board with another serial; no hardware ID.
+    for (machine, hardware, serial) in [
+        (
+            "m-a",
+            Some("ffeeddccbbaa99887766554433221100"),
+            Some("SN-1"),
+        ),
+        ("m-b", Some(BOARD), Some("SN-2")),
+        ("m-c", None, Some("SN-1")),
+    ] {
+        let reg = register_on(&c, &sim, &restricted, machine, hardware, serial).await;
+        assert!(reg.get("replaces").is_none(), "{machine}: {reg}");
+        sim.ok(&["servers", "remove", reg["server_id"].as_str().unwrap()]);
+    }
+
+    // The box re-imaged: a new machine ID on the same board (a serial missing on one side
+    // does not tell them apart).
+    let new = register_on(&c, &sim, &restricted, "m-new", Some(BOARD), None).await;
+    let new_id = new["server_id"].as_str().unwrap().to_string();
+    assert_eq!(new["replaces"], old_id.as_str(), "{new}");
+    assert_eq!(new["state"], "untrusted");
+    // Registering again (the agent's retry) changes nothing of that.
+    let again = register_on(&c, &sim, &restricted, "m-new", Some(BOARD), None).await;
+    assert_eq!(
+        (&again["server_id"], &again["replaces"]),
+        (&new["server_id"], &new["replaces"])
+    );
+    let ids: Vec<_> = sim
+        .all_servers()
+        .iter()
+        .map(|s| s["server_id"].clone())
+        .collect();
+    assert_eq!(ids.len(), 2, "the old one stays until Authorize: {ids:?}");
+    // The web page says so.
+    let page = c
+        .get(sim.url(&format!("/ui?server={new_id}")))
+        .send()
+        .await
+        .unwrap();
+    let page = page.text().await.unwrap();
+    assert!(page.contains(&format!("replaces {old_id}")), "{page}");
+
+    // Authorize (the admin API, a full key): the old record goes, its token with it.
+    let (status, _, _) = call(
+        c.post(sim.url(&format!("/api/v1/servers/{new_id}/authorize")))
+            .bearer_auth(&full),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let servers = sim.all_servers();
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    assert_eq!(servers[0]["server_id"], new_id.as_str());
+    assert_eq!(servers[0]["replaces"], old_id.as_str());
+    assert_error(
+        &call(
+            c.get(sim.url(&format!("/api/v1/servers/{old_id}")))
+                .bearer_auth(old["server_token"].as_str().unwrap()),
+        )
+        .await,
+        404,
+        "server-unknown",
+    );
+}
+
+#[tokio::test]
+async fn with_an_auto_trust_key_the_replacement_retires_the_old_record_at_once() {
+    let (sim, _, _) = setup();
+    let auto = sim.ok(&[
+        "key",
+        "add",
+        "acme.example",
+        "--kind",
+        "restricted",
+        "--auto-trust",
+    ]);
+    let c = client(&sim);
+    const BOARD: &str = "00112233445566778899aabbccddeeff";
+    let old = register_on(&c, &sim, &auto, "m-old", Some(BOARD), Some("SN-9")).await;
+    let new = register_on(&c, &sim, &auto, "m-new", Some(BOARD), Some("SN-9")).await;
+    assert_eq!(new["state"], "trusted");
+    assert_eq!(new["replaces"], old["server_id"]);
+    let servers = sim.all_servers();
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    assert_eq!(servers[0]["server_id"], new["server_id"]);
+}
+
+/// A CSR for an existing key pair (a renewal keeps the key).
+fn csr_for(key: &rcgen::KeyPair) -> String {
+    let params = rcgen::CertificateParams::new(vec!["gw01.acme.example".to_string()]).unwrap();
+    params.serialize_request(key).unwrap().pem().unwrap()
+}
+
+fn identity(cert_pem: &str, key: &rcgen::KeyPair) -> Identity {
+    Identity::from_pem(format!("{cert_pem}{}", key.serialize_pem()).as_bytes()).unwrap()
+}
+
+/// (notBefore, notAfter, serial, key fingerprint) of a PEM certificate.
+fn cert_facts(pem: &str) -> (i64, i64, Vec<u8>, String) {
+    use x509_parser::prelude::FromDer;
+    let der = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .unwrap()
+        .1
+        .contents;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&der).unwrap();
+    (
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+        cert.raw_serial().to_vec(),
+        gateway_protocol::key_fingerprint(cert.tbs_certificate.subject_pki.raw),
+    )
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Registers `machine`, authorizes it with `full` and fetches its certificate:
+/// (server id, token, key pair, certificate PEM).
+async fn trusted_one(
+    c: &Client,
+    sim: &Sim,
+    full: &str,
+    machine: &str,
+) -> (String, String, rcgen::KeyPair, String) {
+    let (id, token, key) = register_one(c, sim, machine).await;
+    let url = sim.url(&format!("/api/v1/servers/{id}"));
+    let (status, body, _) = call(c.post(format!("{url}/authorize")).bearer_auth(full)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, bundle, _) = call(c.get(format!("{url}/certificate")).bearer_auth(&token)).await;
+    assert_eq!(status, 200, "{bundle}");
+    let cert = bundle["certificate"].as_str().unwrap().to_string();
+    (id, token, key, cert)
+}
+
+fn server_json(sim: &Sim, id: &str) -> Value {
+    sim.all_servers()
+        .into_iter()
+        .find(|s| s["server_id"] == id)
+        .unwrap_or_else(|| panic!("no server {id} in servers --json"))
+}
+
+#[tokio::test]
+async fn renewal_over_mutual_tls_gives_a_later_certificate_and_the_old_one_keeps_working() {
+    let (sim, full, _) = setup();
+    let c = client(&sim);
+    let (id, token, key, old_pem) = trusted_one(&c, &sim, &full, "m-1").await;
+    let (old_from, old_until, old_serial, fp) = cert_facts(&old_pem);
+    // The default lifetime: a year, from an hour before the signing.
+    assert_eq!(old_until - old_from, 365 * 86400 + 3600);
+    let before = server_json(&sim, &id);
+    assert_eq!(before["renewals"], 0);
+    assert_eq!(
+        before["certificate_expires"],
+        time_rfc3339(old_until),
+        "{before}"
+    );
+    // notAfter has whole seconds: let one pass so the new one is later.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let old = client_with(&sim, Some(identity(&old_pem, &key)));
+    let renew_url = sim.url(&format!("/api/v1/servers/{id}/certificate"));
+    let (status, bundle, _) = call(old.post(&renew_url).json(&json!({"csr": csr_for(&key)}))).await;
+    assert_eq!(status, 200, "{bundle}");
+    assert_eq!(bundle["ca"].as_str().unwrap(), {
+        let (_, b, _) = call(c.get(&renew_url).bearer_auth(&token)).await;
+        b["ca"].as_str().unwrap().to_string()
+    });
+    let new_pem = bundle["certificate"].as_str().unwrap().to_string();
+    let (new_from, new_until, new_serial, new_fp) = cert_facts(&new_pem);
+    assert!(new_until > old_until, "{new_until} <= {old_until}");
+    assert!(new_from > old_from);
+    assert_ne!(new_serial, old_serial, "a new serial number");
+    assert_eq!(new_fp, fp, "the same key");
+
+    // GET /certificate now gives the new one.
+    let (status, got, _) = call(c.get(&renew_url).bearer_auth(&token)).await;
+    assert_eq!(status, 200);
+    assert_eq!(got["certificate"].as_str().unwrap(), new_pem);
+
+    let hello = sim.url("/api/v1/secure/hello");
+    let new = client_with(&sim, Some(identity(&new_pem, &key)));
+    let (status, body, _) = call(new.get(&hello)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["server_id"], id.as_str());
+    let (status, body, _) = call(old.get(&hello)).await;
+    assert_eq!(
+        status, 200,
+        "the old certificate works until it expires: {body}"
+    );
+
+    let after = server_json(&sim, &id);
+    assert_eq!(after["renewals"], 1);
+    assert_eq!(after["certificate_expires"], time_rfc3339(new_until));
+    assert_eq!(after["secure_contacts"], 2);
+    // The record the API shows has them too.
+    let (_, record, _) = call(
+        c.get(sim.url(&format!("/api/v1/servers/{id}")))
+            .bearer_auth(&token),
+    )
+    .await;
+    assert_eq!(record["renewals"], 1);
+    assert_eq!(record["certificate_expires"], time_rfc3339(new_until));
+
+    // Renewing with the new certificate works too, and counts.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, again, _) = call(new.post(&renew_url).json(&json!({"csr": csr_for(&key)}))).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(server_json(&sim, &id)["renewals"], 2);
+    let log = std::fs::read_to_string(sim.dir.path().join("serve.stderr")).unwrap();
+    assert!(
+        log.contains(&format!(
+            "gateway-primary-sim: server {id} renewed its certificate (valid until "
+        )),
+        "{log}"
+    );
+}
+
+fn time_rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn renewal_refusals_tell_every_reason_apart() {
+    let (sim, full, _) = setup();
+    let c = client(&sim);
+    let (id, token, key, pem) = trusted_one(&c, &sim, &full, "m-1").await;
+    let (other_id, _, other_key, other_pem) = trusted_one(&c, &sim, &full, "m-2").await;
+    let url = sim.url(&format!("/api/v1/servers/{id}/certificate"));
+    let mtls = client_with(&sim, Some(identity(&pem, &key)));
+    let body = json!({"csr": csr_for(&key)});
+
+    let no_cert = call(c.post(&url).json(&body)).await;
+    assert_error(&no_cert, 401, "client-certificate-required");
+    let with_token = call(mtls.post(&url).bearer_auth(&token).json(&body)).await;
+    assert_error(&with_token, 401, "client-certificate-required");
+    assert!(
+        with_token.1["message"]
+            .as_str()
+            .unwrap()
+            .contains("mutual TLS only"),
+        "{}",
+        with_token.1
+    );
+    // Another server's certificate, for this server's path.
+    let other = client_with(&sim, Some(identity(&other_pem, &other_key)));
+    let wrong = call(other.post(&url).json(&json!({"csr": csr_for(&other_key)}))).await;
+    assert_error(&wrong, 401, "client-certificate-required");
+    assert!(
+        wrong.1["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("not server {id}'s current certificate")),
+        "{}",
+        wrong.1
+    );
+    // A CSR for another key: renewal keeps the key.
+    let (_, new_csr) = csr();
+    let new_key = call(mtls.post(&url).json(&json!({"csr": new_csr}))).await;
+    assert_error(&new_key, 422, "invalid-csr");
+    assert!(
+        new_key.1["message"]
+            .as_str()
+            .unwrap()
+            .contains("another key"),
+        "{}",
+        new_key.1
+    );
+    assert_error(
+        &call(mtls.post(&url).json(&json!({"csr": "not a CSR"}))).await,
+        422,
+        "invalid-csr",
+    );
+    assert_error(
+        &call(mtls.post(&url).json(&json!({"certificate": "x"}))).await,
+        400,
+        "invalid-request",
+    );
+    assert_eq!(server_json(&sim, &id)["renewals"], 0, "no refusal renewed");
+
+    // Re-enrolled with the same key: not trusted until Authorize, so no renewal.
+    let (status, record, _) = call(
+        c.post(sim.url(&format!("/api/v1/servers/{id}/enrolment")))
+            .bearer_auth(&token)
+            .json(&json!({"csr": csr_for(&key)})),
+    )
+    .await;
+    assert_eq!(status, 202, "{record}");
+    assert_error(&call(mtls.post(&url).json(&body)).await, 409, "not-trusted");
+
+    // Rejected.
+    let (status, _, _) = call(
+        c.post(sim.url(&format!("/api/v1/servers/{other_id}/reject")))
+            .bearer_auth(&full),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let other_url = sim.url(&format!("/api/v1/servers/{other_id}/certificate"));
+    assert_error(
+        &call(
+            other
+                .post(&other_url)
+                .json(&json!({"csr": csr_for(&other_key)})),
+        )
+        .await,
+        403,
+        "server-rejected",
+    );
+
+    // Removed: no such server.
+    sim.ok(&["servers", "remove", &id]);
+    assert_error(
+        &call(mtls.post(&url).json(&body)).await,
+        404,
+        "server-unknown",
+    );
+}
+
+#[tokio::test]
+async fn an_expired_certificate_completes_the_handshake_and_is_told_certificate_expired() {
+    let sim = Sim::start_with(&["--cert-lifetime", "3s"]);
+    sim.ok(&["account", "add", "acme.example"]);
+    let c = client(&sim);
+    let (id, token, key) = register_one(&c, &sim, "m-1").await;
+    // The CLI, another process, signs with the serving process's lifetime.
+    sim.ok(&["authorize", &id]);
+    let url = sim.url(&format!("/api/v1/servers/{id}"));
+    let (status, bundle, _) = call(c.get(format!("{url}/certificate")).bearer_auth(&token)).await;
+    assert_eq!(status, 200, "{bundle}");
+    let pem = bundle["certificate"].as_str().unwrap().to_string();
+    let (from, until, _, _) = cert_facts(&pem);
+    assert_eq!(until - from, 3, "3s, and a tenth of it (0s) before");
+    assert!(
+        (until - unix_now()).abs() <= 4,
+        "valid until about now + 3s"
+    );
+
+    let mtls = client_with(&sim, Some(identity(&pem, &key)));
+    let hello = sim.url("/api/v1/secure/hello");
+    let (status, body, _) = call(mtls.get(&hello)).await;
+    assert_eq!(status, 200, "valid for now: {body}");
+
+    while unix_now() <= until {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // A fresh connection: the handshake completes, the handler answers.
+    let mtls = client_with(&sim, Some(identity(&pem, &key)));
+    let expired = call(mtls.get(&hello)).await;
+    assert_error(&expired, 401, "certificate-expired");
+    let renewal = call(
+        mtls.post(format!("{url}/certificate"))
+            .json(&json!({"csr": csr_for(&key)})),
+    )
+    .await;
+    assert_error(&renewal, 401, "certificate-expired");
+    assert_error(&call(mtls.delete(&url)).await, 401, "certificate-expired");
+    assert_eq!(server_json(&sim, &id)["renewals"], 0);
+    assert_eq!(server_json(&sim, &id)["secure_contacts"], 1);
+
+    // Only expiry is forgiven: an expired certificate of an unknown CA still fails the handshake.
+    let foreign_ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, "Account CA acme.example");
+    ca_params.distinguished_name = dn;
+    let foreign_ca = ca_params.self_signed(&foreign_ca_key).unwrap();
+    let issuer = rcgen::Issuer::from_params(&ca_params, &foreign_ca_key);
+    let mut leaf = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, id.as_str());
+    leaf.distinguished_name = dn;
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    leaf.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(2);
+    leaf.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    let forged = leaf.signed_by(&key, &issuer).unwrap();
+    drop(foreign_ca);
+    let impostor = client_with(&sim, Some(identity(&forged.pem(), &key)));
+    assert!(
+        impostor.get(&hello).send().await.is_err(),
+        "an unknown issuer fails the TLS handshake"
+    );
+}
+
+#[tokio::test]
+async fn a_zero_certificate_lifetime_is_refused() {
+    let sim = Sim::start();
+    let tls = sim.tls_dir();
+    let run = sim.cli(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-dir",
+        tls.to_str().unwrap(),
+        "--cert-lifetime",
+        "0s",
+    ]);
+    assert_ne!(run.code, 0, "{}", run.all());
+    assert!(
+        run.stderr.contains("--cert-lifetime 0s is too short"),
+        "{}",
+        run.all()
+    );
+}
+
+#[tokio::test]
+async fn re_enrolment_with_the_token_waits_for_authorize_and_then_certifies_the_new_key() {
+    let (sim, full, restricted) = setup();
+    let c = client(&sim);
+    let (id, token, old_key, old_pem) = trusted_one(&c, &sim, &full, "m-1").await;
+    let url = sim.url(&format!("/api/v1/servers/{id}"));
+    let enrol_url = format!("{url}/enrolment");
+    let (new_key, new_csr) = csr();
+    let body = json!({"csr": new_csr});
+
+    assert_error(
+        &call(c.post(&enrol_url).json(&body)).await,
+        401,
+        "unauthenticated",
+    );
+    assert_error(
+        &call(
+            c.post(&enrol_url)
+                .bearer_auth("gwt_wrongwrongwrong")
+                .json(&body),
+        )
+        .await,
+        401,
+        "token-invalid",
+    );
+    assert_error(
+        &call(c.post(&enrol_url).bearer_auth(&restricted).json(&body)).await,
+        403,
+        "key-restricted",
+    );
+    assert_error(
+        &call(
+            c.post(&enrol_url)
+                .bearer_auth(&token)
+                .json(&json!({"csr": "junk"})),
+        )
+        .await,
+        422,
+        "invalid-csr",
+    );
+    assert_error(
+        &call(
+            c.post(sim.url("/api/v1/servers/srv_nothere/enrolment"))
+                .bearer_auth(&token)
+                .json(&body),
+        )
+        .await,
+        404,
+        "server-unknown",
+    );
+    assert_eq!(
+        server_json(&sim, &id)["state"],
+        "trusted",
+        "nothing changed yet"
+    );
+
+    let (status, record, _) = call(c.post(&enrol_url).bearer_auth(&token).json(&body)).await;
+    assert_eq!(status, 202, "{record}");
+    assert_eq!(record["state"], "untrusted");
+    assert_eq!(record["server_id"], id.as_str());
+    assert_eq!(record["authorized_at"], Value::Null);
+    assert!(record.get("certificate_expires").is_none(), "{record}");
+    let new_fp = {
+        use rcgen::PublicKeyData;
+        gateway_protocol::key_fingerprint(&new_key.subject_public_key_info())
+    };
+    assert_eq!(record["key_fingerprint"], new_fp.as_str());
+    // The same CSR again: the same record.
+    let (status, again, _) = call(c.post(&enrol_url).bearer_auth(&token).json(&body)).await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again, record);
+    let log = std::fs::read_to_string(sim.dir.path().join("serve.stderr")).unwrap();
+    assert_eq!(
+        log.matches(&format!("gateway-primary-sim: server {id} re-enrols"))
+            .count(),
+        1,
+        "{log}"
+    );
+
+    assert_error(
+        &call(c.get(format!("{url}/certificate")).bearer_auth(&token)).await,
+        409,
+        "not-trusted",
+    );
+    // The old certificate is not the server's current key any more.
+    let old = client_with(&sim, Some(identity(&old_pem, &old_key)));
+    assert_error(
+        &call(old.get(sim.url("/api/v1/secure/hello"))).await,
+        401,
+        "client-certificate-required",
+    );
+
+    let (status, authorized, _) = call(c.post(format!("{url}/authorize")).bearer_auth(&full)).await;
+    assert_eq!(status, 200, "{authorized}");
+    assert_eq!(authorized["state"], "trusted");
+    let (status, bundle, _) = call(c.get(format!("{url}/certificate")).bearer_auth(&token)).await;
+    assert_eq!(status, 200, "{bundle}");
+    let pem = bundle["certificate"].as_str().unwrap();
+    assert_eq!(
+        cert_facts(pem).3,
+        new_fp,
+        "the certificate is for the new key"
+    );
+    let new = client_with(&sim, Some(identity(pem, &new_key)));
+    let (status, hello, _) = call(new.get(sim.url("/api/v1/secure/hello"))).await;
+    assert_eq!(status, 200, "{hello}");
+
+    // A full key of the account may re-enrol it too; a rejected server may not.
+    let (status, _, _) = call(
+        c.post(&enrol_url)
+            .bearer_auth(&full)
+            .json(&json!({"csr": csr_for(&new_key)})),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let (status, _, _) = call(c.post(format!("{url}/reject")).bearer_auth(&full)).await;
+    assert_eq!(status, 200);
+    assert_error(
+        &call(c.post(&enrol_url).bearer_auth(&token).json(&body)).await,
+        403,
+        "server-rejected",
+    );
+}
