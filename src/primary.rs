@@ -119,6 +119,12 @@ mod saved {
 }
 
 impl Endpoint {
+    /// The longest one attempt on the primary takes (a connection and two requests): what a
+    /// retry extends systemd's start timeout by beyond its wait ([`crate::retry::Report`]).
+    pub fn attempt_time(&self) -> Duration {
+        self.connect_timeout + self.request_timeout * 2
+    }
+
     pub fn from_settings(s: &Settings) -> Endpoint {
         Endpoint {
             url: s.primary.clone(),
@@ -658,6 +664,11 @@ impl Primary {
 
     /// The certificate that matched `primary-ca-sha256`, as PEM, once a connection was made:
     /// what the gateway needs to trust to reach the same primary.
+    /// Where this connection goes, and how.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
     pub fn pinned_certificate_pem(&self) -> Option<String> {
         let der = self.pinned.lock().ok()?.clone()?;
         let lf = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);

@@ -3,7 +3,7 @@
 
 use gateway_test_support::dnsmasq::Dnsmasq;
 use gateway_test_support::sim::Sim;
-use gateway_test_support::{Run, Tree, acme_appliance, wait_exit};
+use gateway_test_support::{Run, Tree, acme_appliance, assert_code, wait_exit};
 use serde_json::Value;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -98,14 +98,6 @@ impl Env {
         }
         text.split_whitespace().collect::<Vec<_>>().join(" ")
     }
-}
-
-fn assert_code(run: &Run, code: i32) {
-    assert_eq!(
-        run.code, code,
-        "exit status\n--- stdout\n{}\n--- stderr\n{}",
-        run.stdout, run.stderr
-    );
 }
 
 /// This host's first address others could reach (what the agent compares DNS answers with).
@@ -827,8 +819,9 @@ fn retries_through_server_errors() {
 fn retries_through_rate_limiting_honouring_retry_after() {
     let env = recovers_from(&["--rate-limit", "0", "--retry-after", "2"], "rate-limited");
     // The primary's own log says when the agent came back after each 429: never before the
-    // Retry-After it asked (2 s), and not later than twice that: the agent spreads a herd told
-    // the same over as long again (tests/bench/fleet), plus a request's way here.
+    // Retry-After it asked (2 s), and not much later than twice that: the agent spreads a herd
+    // told the same over as long again (tests/bench/fleet), plus a request's way here, which
+    // on a loaded 2-core CI machine (boots beside it) has taken over half a second.
     let log = env.sim.ok(&["requests"]);
     let requests: Vec<serde_json::Value> = log
         .lines()
@@ -843,7 +836,7 @@ fn retries_through_rate_limiting_honouring_retry_after() {
     assert!(!waits.is_empty(), "no request after a 429:\n{log}");
     for wait in &waits {
         assert!(
-            (2.0..=4.5).contains(wait),
+            (2.0..=5.5).contains(wait),
             "came back {wait:.2} s after a 429 with Retry-After: 2 (all: {waits:.2?})\n{log}"
         );
     }

@@ -4,44 +4,37 @@
 
 use gateway_test_support::sim::Sim;
 use gateway_test_support::tinyproxy::{PASSWORD, Tinyproxy, USER};
-use gateway_test_support::{Run, Tree, acme_appliance, problem_codes};
+use gateway_test_support::{Appliance, Run, Tree, assert_code, problem_codes};
 use std::os::unix::fs::PermissionsExt;
 
 /// A simulator with account acme.example and an appliance tree whose seed names the primary
 /// as `localhost:PORT` (in the simulator's certificate). The tree has no /etc/resolv.conf, so
 /// the agent's own DNS resolves nothing (it never reads /etc/hosts either): only the proxy,
 /// with the host's resolver, can find the primary, as in a network whose only way out is it.
-struct Env {
-    sim: Sim,
-    tree: Tree,
+struct Env(Appliance);
+
+impl std::ops::Deref for Env {
+    type Target = Appliance;
+    fn deref(&self) -> &Appliance {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Env {
+    fn deref_mut(&mut self) -> &mut Appliance {
+        &mut self.0
+    }
 }
 
 impl Env {
     fn new() -> Env {
-        let sim = Sim::start();
-        let tree = acme_appliance(&sim);
-        Env { sim, tree }
+        Env(Appliance::new(Sim::start()))
     }
 
     /// Writes /etc/gateway/seed.toml: the base settings and `extra` lines.
     fn seed(&mut self, extra: &str) -> &mut Self {
-        let text = format!(
-            "primary = \"localhost:{}\"\naccount = \"acme.example\"\n\
-             primary-ca = \"/etc/gateway/primary-ca.pem\"\nhostname = \"gw01.acme.test\"\n\
-             dns-check = \"off\"\ndeadline = \"10s\"\n\
-             connect-timeout = \"2s\"\nrequest-timeout = \"3s\"\n{extra}",
-            self.sim.port
-        );
-        self.tree.file_mode("/etc/gateway/seed.toml", text, 0o600);
+        self.0.seed("localhost", extra);
         self
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        self.tree.run(args)
-    }
-
-    fn read(&self, path: &str) -> String {
-        std::fs::read_to_string(self.tree.path(path)).unwrap_or_default()
     }
 
     fn mode(&self, path: &str) -> u32 {
@@ -57,10 +50,6 @@ fn assert_hidden(what: &str, text: &str, password: &str) {
         !text.contains(password),
         "{what} shows the proxy password:\n{text}"
     );
-}
-
-fn assert_code(run: &Run, code: i32) {
-    assert_eq!(run.code, code, "exit status\n{}", run.all());
 }
 
 #[test]

@@ -6,59 +6,40 @@
 //! failure; no secret in any output.
 
 use gateway_test_support::sim::Sim;
-use gateway_test_support::{Run, Tree, acme_appliance};
+use gateway_test_support::{Appliance, Run, assert_code};
 use std::time::{Duration, Instant};
 
 const CERT: &str = "/var/lib/gateway/identity/cert.pem";
 const TRUSTED: &str = "/var/lib/gateway-firstboot/trusted";
 const TOKEN: &str = "/var/lib/gateway-firstboot/server-token";
 
-struct Env {
-    sim: Sim,
-    tree: Tree,
+/// The appliance, with what these tests ask of it.
+struct Env(Appliance);
+
+impl std::ops::Deref for Env {
+    type Target = Appliance;
+    fn deref(&self) -> &Appliance {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Env {
+    fn deref_mut(&mut self) -> &mut Appliance {
+        &mut self.0
+    }
 }
 
 impl Env {
     /// A simulator signing certificates valid for `lifetime` (its `--cert-lifetime`), and a
     /// box provisioned, authorized and trusted by it.
     fn trusted(lifetime: &str) -> (Env, String) {
-        let sim = Sim::start_with(&["--cert-lifetime", lifetime]);
-        let mut tree = acme_appliance(&sim);
-        tree.file(
-            "/etc/gateway/seed.toml",
-            format!(
-                "primary = \"127.0.0.1:{}\"\naccount = \"acme.example\"\n\
-                 primary-ca = \"/etc/gateway/primary-ca.pem\"\nhostname = \"gw01.acme.test\"\n\
-                 dns-check = \"off\"\ndeadline = \"10s\"\nconnect-timeout = \"2s\"\n\
-                 request-timeout = \"3s\"\n",
-                sim.port
-            ),
-        );
-        let env = Env { sim, tree };
-        assert_code(&env.run(&["provision"]), 0);
-        let id = env
-            .read("/var/lib/gateway-firstboot/done")
-            .trim()
-            .to_string();
-        env.sim.ok(&["authorize", &id]);
-        assert_code(
-            &env.run(&["await-trust", "--poll-max", "1s", "--timeout", "30s"]),
-            0,
-        );
-        assert!(env.exists(CERT) && env.exists(TRUSTED));
+        let mut appliance = Appliance::new(Sim::start_with(&["--cert-lifetime", lifetime]));
+        appliance.seed("127.0.0.1", "");
+        let env = Env(appliance);
+        let id = env.provision();
+        env.trust(&id);
+        assert!(env.exists(TRUSTED));
         (env, id)
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        self.tree.run(args)
-    }
-
-    fn exists(&self, path: &str) -> bool {
-        self.tree.path(path).exists()
-    }
-
-    fn read(&self, path: &str) -> String {
-        std::fs::read_to_string(self.tree.path(path)).unwrap_or_default()
     }
 
     fn record(&self) -> serde_json::Value {
@@ -93,14 +74,6 @@ impl Env {
             .unwrap_or_default()
             .to_string()
     }
-}
-
-fn assert_code(run: &Run, code: i32) {
-    assert_eq!(
-        run.code, code,
-        "exit status\n--- stdout\n{}\n--- stderr\n{}",
-        run.stdout, run.stderr
-    );
 }
 
 /// Sleeps until `status --json` says renewal is due (its `certificate_renewal_due`), read as
@@ -267,18 +240,10 @@ fn a_rejected_server_cannot_renew_and_says_so() {
 
 #[test]
 fn a_box_not_trusted_yet_has_nothing_to_renew() {
-    let sim = Sim::start();
-    let mut tree = acme_appliance(&sim);
-    tree.file(
-        "/etc/gateway/seed.toml",
-        format!(
-            "primary = \"127.0.0.1:{}\"\naccount = \"acme.example\"\n\
-             primary-ca = \"/etc/gateway/primary-ca.pem\"\nhostname = \"gw01.acme.test\"\n\
-             dns-check = \"off\"\n",
-            sim.port
-        ),
-    );
-    assert_code(&tree.run(&["provision"]), 0);
+    let mut appliance = Appliance::new(Sim::start());
+    appliance.seed("127.0.0.1", "");
+    appliance.provision();
+    let tree = &appliance.tree;
     let run = tree.run(&["renew"]);
     assert_code(&run, 0);
     assert!(run.stdout.contains("is not trusted yet"), "{}", run.stdout);

@@ -4,7 +4,7 @@
 //! failpoint and run again, the confirmation, and no secret in any output.
 
 use gateway_test_support::sim::Sim;
-use gateway_test_support::{Run, Tree, acme_appliance};
+use gateway_test_support::{Appliance, Run, Tree, assert_code};
 use std::time::Duration;
 
 const TOKEN_FILE: &str = "/var/lib/gateway-firstboot/server-token";
@@ -25,66 +25,51 @@ const WIPED: &[&str] = &[
     ETC_NET,
 ];
 
-struct Env {
-    sim: Sim,
-    tree: Tree,
+/// The appliance, with what these tests ask of it.
+struct Env(Appliance);
+
+impl std::ops::Deref for Env {
+    type Target = Appliance;
+    fn deref(&self) -> &Appliance {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Env {
+    fn deref_mut(&mut self) -> &mut Appliance {
+        &mut self.0
+    }
 }
 
 impl Env {
     /// A simulator with account acme.example; a tree with a seed (static network settings,
     /// which the handoff keeps under /etc/systemd/network) and one network file of the image.
     fn new() -> Env {
-        let sim = Sim::start();
-        let mut tree = acme_appliance(&sim);
-        tree.file(
-            "/etc/gateway/seed.toml",
-            format!(
-                "primary = \"127.0.0.1:{}\"\naccount = \"acme.example\"\n\
-                 primary-ca = \"/etc/gateway/primary-ca.pem\"\nhostname = \"gw01.acme.test\"\n\
-                 dns-check = \"off\"\ndeadline = \"10s\"\nconnect-timeout = \"2s\"\n\
-                 request-timeout = \"3s\"\naddress = \"192.0.2.10/24\"\ngateway = \"192.0.2.1\"\n",
-                sim.port
-            ),
-        )
-        .file_mode(
-            IMAGE_NET,
-            "[Match]\nType=ether\n[Network]\nDHCP=yes\n",
-            0o644,
-        );
-        Env { sim, tree }
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        self.tree.run(args)
-    }
-
-    fn exists(&self, path: &str) -> bool {
-        self.tree.path(path).exists()
-    }
-
-    fn read(&self, path: &str) -> String {
-        std::fs::read_to_string(self.tree.path(path)).unwrap_or_default()
+        let mut appliance = Appliance::new(Sim::start());
+        appliance
+            .seed(
+                "127.0.0.1",
+                "address = \"192.0.2.10/24\"\ngateway = \"192.0.2.1\"\n",
+            )
+            .tree
+            .file_mode(
+                IMAGE_NET,
+                "[Match]\nType=ether\n[Network]\nDHCP=yes\n",
+                0o644,
+            );
+        Env(appliance)
     }
 
     /// Provisions; returns the server id and the token.
     fn provision(&self) -> (String, String) {
-        let run = self.run(&["provision"]);
-        assert_code(&run, 0);
-        let id = self
-            .read("/var/lib/gateway-firstboot/done")
-            .trim()
-            .to_string();
-        assert!(id.starts_with("srv_"), "{id:?}");
+        let id = self.0.provision();
         (id, self.read(TOKEN_FILE).trim().to_string())
     }
 
     /// Provisions, authorizes, and proves the secure connection: the whole identity on disk.
     fn provision_trusted(&self) -> (String, String) {
         let (id, token) = self.provision();
-        self.sim.ok(&["authorize", &id]);
-        let run = self.run(&["await-trust", "--poll-max", "1s", "--timeout", "30s"]);
-        assert_code(&run, 0);
-        assert!(self.exists("/var/lib/gateway/identity/cert.pem"));
+        self.trust(&id);
         (id, token)
     }
 
@@ -135,14 +120,6 @@ impl Env {
             .status()
             .as_u16()
     }
-}
-
-fn assert_code(run: &Run, code: i32) {
-    assert_eq!(
-        run.code, code,
-        "exit status\n--- stdout\n{}\n--- stderr\n{}",
-        run.stdout, run.stderr
-    );
 }
 
 fn assert_no_secret(run: &Run, token: &str) {

@@ -115,12 +115,6 @@ impl Server<'_> {
     fn backoff(&self) -> Backoff {
         Backoff::new(Duration::from_secs(1), self.poll_max, self.timeout)
     }
-
-    /// Systemd's start timeout covers an attempt (a connection and two requests) beyond the
-    /// wait.
-    fn attempt_time(&self) -> Duration {
-        self.endpoint.connect_timeout + self.endpoint.request_timeout * 2
-    }
 }
 
 /// Waits until an administrator authorizes this server (the console says how, the DNS check
@@ -150,7 +144,7 @@ async fn fetch_certificate(
     let mut primary: Option<Primary> = None;
     // Not authorized yet is the expected wait: polled quietly, not an error.
     let report = Report {
-        attempt_time: server.attempt_time(),
+        attempt_time: server.endpoint.attempt_time(),
         quiet: &|f| f.code == Code::NotTrusted,
     };
     let bundle = retry(
@@ -247,7 +241,7 @@ async fn prove(
         key_pem: identity.key_pem(),
     };
     let mut backoff = server.backoff();
-    let report = Report::loud(server.attempt_time());
+    let report = Report::loud(server.endpoint.attempt_time());
     retry(&mut backoff, state, progress, report, async |_, _| {
         Primary::connect(server.root, server.endpoint, server.account, Some(&client))
             .await?

@@ -457,7 +457,7 @@ async fn connect_step(
 ) -> Result<Primary, Failure> {
     let endpoint = Endpoint::from_settings(settings);
     let mut backoff = Backoff::new(BASE, CAP, settings.deadline);
-    let report = Report::loud(settings.connect_timeout + settings.request_timeout * 2);
+    let report = Report::loud(endpoint.attempt_time());
     let validated = retry(&mut backoff, state, progress, report, async |_, _| {
         connect_and_validate(root, &endpoint, &settings.account, &settings.api_key).await
     })
@@ -513,7 +513,7 @@ async fn register_step(
     };
     failpoint("before-register");
     let mut backoff = Backoff::new(BASE, CAP, settings.deadline);
-    let report = Report::loud(settings.connect_timeout + settings.request_timeout * 2);
+    let report = Report::loud(primary.endpoint().attempt_time());
     let response = retry(&mut backoff, state, progress, report, async |_, _| {
         primary.register(&settings.api_key, &registration).await
     })

@@ -210,10 +210,6 @@ impl Server<'_> {
     fn backoff(&self, deadline: Duration) -> Backoff {
         Backoff::new(Duration::from_secs(1), self.args.poll_max, Some(deadline))
     }
-
-    fn attempt_time(&self) -> Duration {
-        self.endpoint.connect_timeout + self.endpoint.request_timeout * 2
-    }
 }
 
 async fn renew_over_mtls(
@@ -225,7 +221,7 @@ async fn renew_over_mtls(
     progress: &mut Progress,
 ) -> Result<CertificateBundle, Failure> {
     let mut backoff = server.backoff(deadline);
-    let report = Report::loud(server.attempt_time());
+    let report = Report::loud(server.endpoint.attempt_time());
     retry(&mut backoff, state, progress, report, async |_, _| {
         Primary::connect(server.root, server.endpoint, server.account, Some(client))
             .await?
@@ -258,7 +254,7 @@ async fn install(
     // Proved before it replaces the current one: a certificate the primary does not take
     // back is not installed (the current one still works until it expires).
     let mut backoff = server.backoff(server.args.timeout.unwrap_or(PROVE_DEADLINE));
-    let report = Report::loud(server.attempt_time());
+    let report = Report::loud(server.endpoint.attempt_time());
     let hello = retry(&mut backoff, state, progress, report, async |_, _| {
         Primary::connect(root, server.endpoint, server.account, Some(&client))
             .await?
@@ -309,7 +305,7 @@ async fn reenrol(
             .trim(),
     );
     let mut backoff = server.backoff(server.args.timeout.unwrap_or(REENROL_DEADLINE));
-    let report = Report::loud(server.attempt_time());
+    let report = Report::loud(server.endpoint.attempt_time());
     let record = retry(&mut backoff, state, progress, report, async |_, _| {
         Primary::connect(root, server.endpoint, server.account, None)
             .await?

@@ -74,12 +74,13 @@ CONSOLE = {
     "shell": ":~# ",
     "boot_health": "boot-health: {state}",
     "boot_cost_done": "boot-cost: done",
+    "gateway_started": "gateway-started: {pid}",
     # after the first boot (lifecycle.md): reset, a copy of a provisioned box
     "reset_done": "reset done: the state",
     "copy": "this box is a copy: its identity",
     "replaces": "; it replaces {old} (the same hardware, re-imaged)",
 }
-NOT_THE_AGENT = {"login", "password", "shell", "boot_health", "boot_cost_done"}
+NOT_THE_AGENT = {"login", "password", "shell", "boot_health", "boot_cost_done", "gateway_started"}
 _HOLE = re.compile(r"\{(\w+)\}")
 
 
@@ -783,6 +784,19 @@ StandardOutput=journal+console
 [Install]
 WantedBy=multi-user.target
 """
+# Each start of gateway.service, on the console: the handoff queues the start (--no-block) and
+# it waits for the identity check, so "handed off" on the console is not yet a started gateway.
+GATEWAY_STARTED_UNIT = """[Unit]
+Description=Boot test: say on the console that gateway.service has started
+BindsTo=gateway.service
+After=gateway.service
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'echo "gateway-started: $(systemctl show -P MainPID gateway.service)"'
+StandardOutput=journal+console
+[Install]
+WantedBy=gateway.service
+"""
 # How long a boot may still take to finish once a scenario is done with it (TCG, two VMs).
 BOOT_FINISHED = 240
 # Journal lines of a unit that systemd stopped starting or triggering.
@@ -791,14 +805,20 @@ LIMIT_MARKERS = ("Trigger limit hit", "Start request repeated too quickly", "sta
 
 
 def install_health_probe(disk, work):
-    local = work / "boot-health.service"
-    local.write_text(HEALTH_UNIT)
-    write_root_file(disk, "/etc/systemd/system/boot-health.service", local, 0o644)
+    """The harness's own units on the disk: boot-health.service (is-system-running, once the
+    boot is done) and gateway-started.service (each start of gateway.service)."""
     off = partitions(disk)["root"]
-    wants = "/etc/systemd/system/multi-user.target.wants"
+    lines = []
+    for name, text, target in (("boot-health.service", HEALTH_UNIT, "multi-user.target"),
+                               ("gateway-started.service", GATEWAY_STARTED_UNIT, "gateway.service")):
+        local = work / name
+        local.write_text(text)
+        write_root_file(disk, f"/etc/systemd/system/{name}", local, 0o644)
+        wants = f"/etc/systemd/system/{target}.wants"
+        lines += [*(f"mkdir {d}" for d in _parents(wants)), f"cd {wants}",
+                  f"symlink {name} /etc/systemd/system/{name}"]
     script = work / "health.debugfs"
-    script.write_text("\n".join([*(f"mkdir {d}" for d in _parents(wants)), f"cd {wants}",
-                                  "symlink boot-health.service /etc/systemd/system/boot-health.service"]) + "\n")
+    script.write_text("\n".join(lines) + "\n")
     run(["debugfs", "-w", "-f", str(script), f"{disk}?offset={off}"])
 
 

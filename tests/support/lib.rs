@@ -1,8 +1,10 @@
 //! What the integration tests share (a dev-dependency of the agent and of the simulator):
 //! a fixture tree for running the real binary with `--root` ([`tree`]), the simulator
-//! ([`sim`]), a real DNS server ([`dnsmasq`]), a real HTTP proxy ([`tinyproxy`]), impostor
-//! servers ([`impostor`]) and FAT images ([`fat`]).
+//! ([`sim`]), an appliance provisioned against it ([`appliance`]), a real DNS server
+//! ([`dnsmasq`]), a real HTTP proxy ([`tinyproxy`]), impostor servers ([`impostor`]) and FAT
+//! images ([`fat`]).
 
+pub mod appliance;
 pub mod dnsmasq;
 pub mod fat;
 pub mod impostor;
@@ -10,6 +12,7 @@ pub mod sim;
 pub mod tinyproxy;
 pub mod tree;
 
+pub use appliance::{Appliance, assert_code};
 pub use tree::{Tree, appliance_tree};
 
 use sha2::{Digest, Sha256};
