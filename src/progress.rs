@@ -63,6 +63,16 @@ impl Progress {
         let _ = sd_notify::notify(states);
     }
 
+    /// A line that says nothing was done (a renewal not due yet): the journal's only when run
+    /// by systemd (a timer twice a day must not fill the console), standard output by hand.
+    pub fn note(text: &str) {
+        if systemd_journal_logger::connected_to_journal() {
+            log::info!("{text}");
+        } else {
+            crate::wrap::say(&format!("gateway-firstboot: {text}"));
+        }
+    }
+
     /// A step starts or ends: standard output, `STATUS=`, the journal, status.json.
     pub fn step(&mut self, state: &State, message_id: &str, text: &str) {
         crate::wrap::say(&format!("gateway-firstboot: {text}"));

@@ -1106,17 +1106,7 @@ fn killed_at_every_step_the_next_run_resumes_without_duplicates() {
             .sim
             .ok(&["key", "add", "acme.example", "--kind", "full"]);
         env.reseed(&format!("api-key = \"{key}\""));
-        let killed = env
-            .tree
-            .command(&["provision"])
-            .env("GATEWAY_FIRSTBOOT_FAILPOINT", point)
-            .output()
-            .unwrap();
-        assert_eq!(
-            killed.status.code(),
-            None,
-            "{point}: the process must die by a signal"
-        );
+        env.tree.kill_at(&["provision"], point);
         if point == "after-scrub-overwrite" {
             // Cut between the overwrite in place and the rewrite: the seed holds filler where
             // the key was, and is still a seed.
@@ -1166,13 +1156,8 @@ fn killed_at_every_step_the_next_run_resumes_without_duplicates() {
         .unwrap()
         .to_string();
     env.sim.ok(&["authorize", &id]);
-    let killed = env
-        .tree
-        .command(&["await-trust", "--poll-max", "1s"])
-        .env("GATEWAY_FIRSTBOOT_FAILPOINT", "after-certificate")
-        .output()
-        .unwrap();
-    assert_eq!(killed.status.code(), None);
+    env.tree
+        .kill_at(&["await-trust", "--poll-max", "1s"], "after-certificate");
     assert_code(
         &env.run(&["await-trust", "--poll-max", "1s", "--timeout", "30s"]),
         0,
@@ -1213,13 +1198,7 @@ fn a_pinned_primary_is_handed_to_the_gateway_as_its_ca() {
 fn a_new_machine_id_after_a_cut_first_boot_is_still_the_same_machine() {
     for point in ["before-register", "after-register"] {
         let env = Env::new();
-        let killed = env
-            .tree
-            .command(&["provision"])
-            .env("GATEWAY_FIRSTBOOT_FAILPOINT", point)
-            .output()
-            .unwrap();
-        assert_eq!(killed.status.code(), None, "{point}");
+        env.tree.kill_at(&["provision"], point);
         let mut env = env;
         env.tree
             .file("/etc/machine-id", "fedcba9876543210fedcba9876543210\n");

@@ -7,24 +7,13 @@ use gateway_test_support::tinyproxy::{PASSWORD, Tinyproxy, USER};
 use gateway_test_support::{Appliance, Run, Tree, assert_code, problem_codes};
 use std::os::unix::fs::PermissionsExt;
 
-/// A simulator with account acme.example and an appliance tree whose seed names the primary
-/// as `localhost:PORT` (in the simulator's certificate). The tree has no /etc/resolv.conf, so
-/// the agent's own DNS resolves nothing (it never reads /etc/hosts either): only the proxy,
-/// with the host's resolver, can find the primary, as in a network whose only way out is it.
-struct Env(Appliance);
-
-impl std::ops::Deref for Env {
-    type Target = Appliance;
-    fn deref(&self) -> &Appliance {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Env {
-    fn deref_mut(&mut self) -> &mut Appliance {
-        &mut self.0
-    }
-}
+gateway_test_support::appliance_env!(
+    /// A simulator with account acme.example and an appliance tree whose seed names the primary
+    /// as `localhost:PORT` (in the simulator's certificate). The tree has no /etc/resolv.conf, so
+    /// the agent's own DNS resolves nothing (it never reads /etc/hosts either): only the proxy,
+    /// with the host's resolver, can find the primary, as in a network whose only way out is it.
+    Env
+);
 
 impl Env {
     fn new() -> Env {

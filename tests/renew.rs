@@ -13,21 +13,10 @@ const CERT: &str = "/var/lib/gateway/identity/cert.pem";
 const TRUSTED: &str = "/var/lib/gateway-firstboot/trusted";
 const TOKEN: &str = "/var/lib/gateway-firstboot/server-token";
 
-/// The appliance, with what these tests ask of it.
-struct Env(Appliance);
-
-impl std::ops::Deref for Env {
-    type Target = Appliance;
-    fn deref(&self) -> &Appliance {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Env {
-    fn deref_mut(&mut self) -> &mut Appliance {
-        &mut self.0
-    }
-}
+gateway_test_support::appliance_env!(
+    /// The appliance, with what these tests ask of it.
+    Env
+);
 
 impl Env {
     /// A simulator signing certificates valid for `lifetime` (its `--cert-lifetime`), and a

@@ -25,21 +25,10 @@ const WIPED: &[&str] = &[
     ETC_NET,
 ];
 
-/// The appliance, with what these tests ask of it.
-struct Env(Appliance);
-
-impl std::ops::Deref for Env {
-    type Target = Appliance;
-    fn deref(&self) -> &Appliance {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Env {
-    fn deref_mut(&mut self) -> &mut Appliance {
-        &mut self.0
-    }
-}
+gateway_test_support::appliance_env!(
+    /// The appliance, with what these tests ask of it.
+    Env
+);
 
 impl Env {
     /// A simulator with account acme.example; a tree with a seed (static network settings,
@@ -359,17 +348,7 @@ fn a_reset_cut_short_at_any_point_completes_when_run_again() {
     for point in points {
         let env = Env::new();
         let (_, token) = env.provision_trusted();
-        let killed = env
-            .tree
-            .command(&["reset", "--yes"])
-            .env("GATEWAY_FIRSTBOOT_FAILPOINT", point)
-            .output()
-            .unwrap();
-        assert_eq!(
-            killed.status.code(),
-            None,
-            "{point}: the process must die by a signal"
-        );
+        env.tree.kill_at(&["reset", "--yes"], point);
         // Never a box that looks provisioned without its identity.
         if env.exists("/var/lib/gateway-firstboot/done") {
             assert!(env.exists(KEY_FILE), "{point}: done-marker without the key");
@@ -391,13 +370,7 @@ fn the_next_provisioning_finishes_a_reset_cut_short() {
     let env = Env::new();
     let (id, _) = env.provision_trusted();
     let old_key = env.read(KEY_FILE);
-    let killed = env
-        .tree
-        .command(&["reset", "--yes"])
-        .env("GATEWAY_FIRSTBOOT_FAILPOINT", "reset-after-unmark")
-        .output()
-        .unwrap();
-    assert_eq!(killed.status.code(), None);
+    env.tree.kill_at(&["reset", "--yes"], "reset-after-unmark");
     assert!(
         !env.exists("/var/lib/gateway-firstboot/done"),
         "not provisioned any more"
@@ -577,13 +550,7 @@ fn a_copy_wiped_only_halfway_still_gets_a_machine_identity_of_its_own() {
         let (id, _) = env.provision_trusted();
         let known_as = env.read(MACHINE_ID_FILE);
         env.product_uuid("11111111-2222-4333-8444-555555555555");
-        let killed = env
-            .tree
-            .command(&["check-identity"])
-            .env("GATEWAY_FIRSTBOOT_FAILPOINT", point)
-            .output()
-            .unwrap();
-        assert_eq!(killed.status.code(), None, "{point}: killed");
+        env.tree.kill_at(&["check-identity"], point);
         // The next step of that boot (or the next boot's): provisioning finishes the wipe.
         let run = env.run(&["provision"]);
         assert_code(&run, 0);

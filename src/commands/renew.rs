@@ -38,9 +38,8 @@ pub async fn run(root: &Root, args: &RenewArgs) -> anyhow::Result<u8> {
     let _lock = match crate::lock::try_lock(root) {
         Ok(Some(lock)) => lock,
         Ok(None) => {
-            println!(
-                "gateway-firstboot: another run (provisioning, reset) is in progress: not renewing now"
-            );
+            // The journal's under systemd, standard error by hand; the timer tries again.
+            log::warn!("another run (provisioning, reset) is in progress: not renewing now");
             return Ok(crate::exit::TEMPFAIL);
         }
         Err(e) => {
@@ -67,9 +66,9 @@ async fn renew(
         ));
     };
     if state.phase < Phase::Trusted || !root.path(TRUSTED_MARKER).exists() {
-        println!(
-            "gateway-firstboot: server {id} is not trusted yet: no certificate to renew (gateway-firstboot-trust waits for Authorize)"
-        );
+        Progress::note(&format!(
+            "server {id} is not trusted yet: no certificate to renew (gateway-firstboot-trust waits for Authorize)"
+        ));
         return Ok(crate::exit::OK);
     }
     let account = state.account.clone().unwrap_or_default();
@@ -78,11 +77,11 @@ async fn renew(
         && !args.force
         && SystemTime::now() < v.renew_at()
     {
-        println!(
-            "gateway-firstboot: the certificate of server {id} is valid until {}; renewal is due at {}: nothing to do",
+        Progress::note(&format!(
+            "the certificate of server {id} is valid until {}; renewal is due at {}: nothing to do",
             time(v.not_after),
             time(v.renew_at())
-        );
+        ));
         return Ok(crate::exit::OK);
     }
     let identity = Identity::load_or_create(root)?;

@@ -79,3 +79,26 @@ pub fn assert_code(run: &Run, code: i32) {
         run.stdout, run.stderr
     );
 }
+
+/// `struct NAME(Appliance)`, dereferencing to the [`Appliance`]: a test file's own appliance,
+/// with the methods only that file needs (`impl NAME { ... }`).
+#[macro_export]
+macro_rules! appliance_env {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        struct $name($crate::Appliance);
+
+        impl std::ops::Deref for $name {
+            type Target = $crate::Appliance;
+            fn deref(&self) -> &$crate::Appliance {
+                &self.0
+            }
+        }
+
+        impl std::ops::DerefMut for $name {
+            fn deref_mut(&mut self) -> &mut $crate::Appliance {
+                &mut self.0
+            }
+        }
+    };
+}

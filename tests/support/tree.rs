@@ -86,6 +86,23 @@ impl Tree {
         cmd
     }
 
+    /// Runs the agent with `args`, stopped at the failpoint `point` (GATEWAY_FIRSTBOOT_FAILPOINT,
+    /// the `failpoints` feature): it must die there by a signal, as at a power cut.
+    pub fn kill_at(&self, args: &[&str], point: &str) {
+        let out = self
+            .command(args)
+            .env("GATEWAY_FIRSTBOOT_FAILPOINT", point)
+            .output()
+            .expect("running the agent");
+        assert_eq!(
+            out.status.code(),
+            None,
+            "{args:?} at {point}: the process must die by a signal\n--- stdout\n{}\n--- stderr\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn run(&self, args: &[&str]) -> Run {
         self.command(args).output().unwrap().into()
     }
