@@ -786,12 +786,15 @@ WantedBy=multi-user.target
 """
 # Each start of gateway.service, on the console: the handoff queues the start (--no-block) and
 # it waits for the identity check, so "handed off" on the console is not yet a started gateway.
+# No BindsTo=: a gateway restarted (once trusted, once renewed) while this runs would kill it,
+# a failed unit; ExecCondition= instead, so that a gateway that did not start is not announced.
+# Type=exec: a shutdown's SIGTERM is a clean end for it (for a oneshot only exit 0 is).
 GATEWAY_STARTED_UNIT = """[Unit]
 Description=Boot test: say on the console that gateway.service has started
-BindsTo=gateway.service
 After=gateway.service
 [Service]
-Type=oneshot
+Type=exec
+ExecCondition=/usr/bin/systemctl is-active -q gateway.service
 ExecStart=/bin/sh -c 'echo "gateway-started: $(systemctl show -P MainPID gateway.service)"'
 StandardOutput=journal+console
 [Install]
