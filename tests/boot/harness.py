@@ -786,16 +786,16 @@ WantedBy=multi-user.target
 """
 # Each start of gateway.service, on the console: the handoff queues the start (--no-block) and
 # it waits for the identity check, so "handed off" on the console is not yet a started gateway.
-# No BindsTo=: a gateway restarted (once trusted, once renewed) while this runs would kill it,
-# a failed unit; ExecCondition= instead, so that a gateway that did not start is not announced.
-# Type=exec: a shutdown's SIGTERM is a clean end for it (for a oneshot only exit 0 is).
+# Only where a scenario asks for it (install_gateway_probe). No BindsTo= and no ExecCondition=:
+# a gateway restarted once trusted, or a poweroff, while the probe or its condition runs must
+# not make it a failed unit. Type=exec: SIGTERM is a clean end (for a oneshot only exit 0 is);
+# the shell prints only for a gateway that is active, and exits 0 either way.
 GATEWAY_STARTED_UNIT = """[Unit]
 Description=Boot test: say on the console that gateway.service has started
 After=gateway.service
 [Service]
 Type=exec
-ExecCondition=/usr/bin/systemctl is-active -q gateway.service
-ExecStart=/bin/sh -c 'echo "gateway-started: $(systemctl show -P MainPID gateway.service)"'
+ExecStart=/bin/sh -c 'if systemctl is-active -q gateway.service; then echo "gateway-started: $(systemctl show -P MainPID gateway.service)"; fi; exit 0'
 StandardOutput=journal+console
 [Install]
 WantedBy=gateway.service
@@ -808,20 +808,25 @@ LIMIT_MARKERS = ("Trigger limit hit", "Start request repeated too quickly", "sta
 
 
 def install_health_probe(disk, work):
-    """The harness's own units on the disk: boot-health.service (is-system-running, once the
-    boot is done) and gateway-started.service (each start of gateway.service)."""
+    """The harness's boot-health.service on the disk: is-system-running, once the boot is done."""
+    _install_unit(disk, work, "boot-health.service", HEALTH_UNIT, "multi-user.target")
+
+
+def install_gateway_probe(disk, work):
+    """The harness's gateway-started.service on the disk: each start of gateway.service on the
+    console (the phrase gateway_started)."""
+    _install_unit(disk, work, "gateway-started.service", GATEWAY_STARTED_UNIT, "gateway.service")
+
+
+def _install_unit(disk, work, name, text, wanted_by):
+    local = work / name
+    local.write_text(text)
+    write_root_file(disk, f"/etc/systemd/system/{name}", local, 0o644)
     off = partitions(disk)["root"]
-    lines = []
-    for name, text, target in (("boot-health.service", HEALTH_UNIT, "multi-user.target"),
-                               ("gateway-started.service", GATEWAY_STARTED_UNIT, "gateway.service")):
-        local = work / name
-        local.write_text(text)
-        write_root_file(disk, f"/etc/systemd/system/{name}", local, 0o644)
-        wants = f"/etc/systemd/system/{target}.wants"
-        lines += [*(f"mkdir {d}" for d in _parents(wants)), f"cd {wants}",
-                  f"symlink {name} /etc/systemd/system/{name}"]
-    script = work / "health.debugfs"
-    script.write_text("\n".join(lines) + "\n")
+    wants = f"/etc/systemd/system/{wanted_by}.wants"
+    script = work / f"{name}.debugfs"
+    script.write_text("\n".join([*(f"mkdir {d}" for d in _parents(wants)), f"cd {wants}",
+                                  f"symlink {name} /etc/systemd/system/{name}"]) + "\n")
     run(["debugfs", "-w", "-f", str(script), f"{disk}?offset={off}"])
 
 
