@@ -359,12 +359,7 @@ fn dns_require_waits_for_the_record_to_appear() {
     let env = Env::new().with_dns(&[]);
     let mut env = env;
     env.reseed("dns-check = \"require\"\ndeadline = \"60s\"");
-    let child = env
-        .tree
-        .command(&["provision"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = env.tree.spawn(&["provision"]);
     std::thread::sleep(Duration::from_secs(3));
     assert!(
         env.sim.all_servers().is_empty(),
@@ -725,12 +720,7 @@ fn a_clock_off_waits_until_it_is_right_even_when_the_certificate_passes() {
     // provisions by itself, in the same run.
     let mut env = Env::with_sim(Sim::start_with(&["--clock-skew", "1h", "--cert-skew", "0"]));
     env.reseed("deadline = \"60s\"");
-    let child = env
-        .tree
-        .command(&["provision"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = env.tree.spawn(&["provision"]);
     // Two health checks on the primary's log: the first attempt failed and was retried.
     let retried = (0..150).any(|_| {
         std::thread::sleep(Duration::from_millis(200));
@@ -791,12 +781,7 @@ fn recovers_from(faults: &[&str], code: &str) -> Env {
     env.reseed("deadline = \"60s\"");
     env.sim.ok(&[&["faults", "set"][..], faults].concat());
     std::thread::sleep(Duration::from_millis(400));
-    let child = env
-        .tree
-        .command(&["provision"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = env.tree.spawn(&["provision"]);
     std::thread::sleep(Duration::from_secs(3));
     env.sim.ok(&["faults", "clear"]);
     let out = child.wait_with_output().unwrap();

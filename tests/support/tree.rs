@@ -86,6 +86,15 @@ impl Tree {
         cmd
     }
 
+    /// Starts the agent with `args` in the background, its standard output piped (for a test
+    /// that changes the world while it waits, then reads what it said).
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.command(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the agent")
+    }
+
     /// Runs the agent with `args`, stopped at the failpoint `point` (GATEWAY_FIRSTBOOT_FAILPOINT,
     /// the `failpoints` feature): it must die there by a signal, as at a power cut.
     pub fn kill_at(&self, args: &[&str], point: &str) {
